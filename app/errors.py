@@ -1,0 +1,106 @@
+"""Domain errors of the service.
+
+The core (app/cam, app/models) and the worker raise these; the web layer maps them to an HTTP
+status and one JSON error shape in one place (app/api/errors.py). Each error carries a stable
+machine-readable ``code`` and a message that says what was wrong and what is valid.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ScoreCamError(Exception):
+    """Base class of every error the service raises on purpose."""
+
+    code: str = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def close_matches(name: str, valid: Iterable[str], limit: int = 5) -> str:
+    """A short "did you mean" hint, or the list of valid names when nothing is close."""
+    valid = sorted(valid)
+    near = difflib.get_close_matches(name, valid, n=limit, cutoff=0.5)
+    if near:
+        return "did you mean " + ", ".join(repr(n) for n in near) + "?"
+    shown = ", ".join(repr(v) for v in valid[:20])
+    more = f" (and {len(valid) - 20} more)" if len(valid) > 20 else ""
+    return f"valid names: {shown}{more}"
+
+
+class UnknownModel(ScoreCamError):
+    code = "unknown_model"
+
+    def __init__(self, name: str, valid: Iterable[str]) -> None:
+        super().__init__(f"unknown model {name!r}; {close_matches(name, valid)}")
+        self.name = name
+
+
+class UnknownLayer(ScoreCamError):
+    code = "unknown_layer"
+
+    def __init__(self, name: str, valid: Iterable[str]) -> None:
+        super().__init__(f"unknown layer {name!r}; {close_matches(name, valid)}")
+        self.name = name
+
+
+class InvalidOption(ScoreCamError):
+    """An option has a value outside its valid range or set."""
+
+    code = "invalid_option"
+
+
+class InvalidImage(ScoreCamError):
+    """The bytes are not an image we can decode, or the image is unusable."""
+
+    code = "invalid_image"
+
+
+class ImageTooLarge(ScoreCamError):
+    """An upload or a decoded image exceeds the configured limits."""
+
+    code = "too_large"
+
+
+class UnsupportedMediaType(ScoreCamError):
+    code = "unsupported_media_type"
+
+
+class WeightsNotFound(ScoreCamError):
+    """A model's weights are neither local nor in the torch hub cache, and downloads are off."""
+
+    code = "weights_not_found"
+
+
+class QueueFull(ScoreCamError):
+    """Backpressure: the worker has more pending work than it accepts."""
+
+    code = "queue_full"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(ScoreCamError):
+    code = "deadline_exceeded"
+
+
+class Cancelled(ScoreCamError):
+    """Work stopped because the caller asked (for example a client that disconnected)."""
+
+    code = "cancelled"
+
+
+class ServiceUnavailable(ScoreCamError):
+    """The worker is not running (starting, restarting or shutting down)."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
