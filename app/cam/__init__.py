@@ -1,0 +1,33 @@
+"""The Score-CAM core: a plain PyTorch library (no web imports).
+
+See docs/ARCHITECTURE.md for the contract the service builds on.
+"""
+
+from app.cam.base import BaseCAM
+from app.cam.grad_cam import GradCAM, GradCAMPlusPlus
+from app.cam.inference import InferenceModel
+from app.cam.precision import PRECISIONS, resolve_precision
+from app.cam.results import CamResult, CamStats
+from app.cam.scheduler import fill_batch, run_batch, run_jobs
+from app.cam.score_cam import WEIGHTINGS, MaskChunk, ScoreCAM, ScoreCamJob
+
+METHODS: dict[str, type[BaseCAM]] = {"scorecam": ScoreCAM, "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+
+__all__ = [
+    "METHODS",
+    "PRECISIONS",
+    "WEIGHTINGS",
+    "BaseCAM",
+    "CamResult",
+    "CamStats",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "InferenceModel",
+    "MaskChunk",
+    "ScoreCAM",
+    "ScoreCamJob",
+    "fill_batch",
+    "resolve_precision",
+    "run_batch",
+    "run_jobs",
+]

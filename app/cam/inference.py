@@ -1,0 +1,122 @@
+"""A model kept warm on its device, with the fast path for masked forwards.
+
+Two views of one network: the original module (for hooks and gradients, fp32, so captured
+activations are exact) and a folded, channels_last copy for the hundreds of masked forwards
+Score-CAM needs, run in the chosen precision, in batches that halve on out-of-memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from app.cam.batch_size import default_batch_size, measure_best_batch_size
+from app.cam.folding import fold_batchnorm as folded_copy
+from app.cam.layers import layer_names
+from app.cam.precision import autocast, resolve_precision
+from app.errors import InvalidOption
+
+log = logging.getLogger(__name__)
+
+
+class InferenceModel:
+    """An eval-mode network on one device, ready for predictions and masked forwards.
+
+    Args:
+        module: the classifier (logits out).
+        device: "cpu", "cuda", "cuda:1", ...
+        precision: default precision of masked forwards: "auto", "fp32", "bf16" or "fp16".
+        batch_size: masked inputs per forward, or "auto" (measured by ``tune_batch_size``).
+        fold_batchnorm: fold conv→BN pairs in the fast copy (checked against the original).
+        channels_last: NHWC memory format for the fast copy (faster convolutions on CPU and GPU).
+        input_size: the square input side used to probe the model when folding.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        device: torch.device | str = "cpu",
+        precision: str = "auto",
+        batch_size: int | str = "auto",
+        fold_batchnorm: bool = True,
+        channels_last: bool = True,
+        input_size: int = 224,
+    ) -> None:
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise InvalidOption(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.module = module.eval().to(self.device)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.channels_last = channels_last
+        self.input_size = input_size
+        probe = torch.randn(2, 3, input_size, input_size, device=self.device)
+        fast = folded_copy(self.module, probe) if fold_batchnorm else copy.deepcopy(self.module)
+        self.fast = fast.to(memory_format=torch.channels_last) if channels_last else fast
+        self.auto_batch = batch_size == "auto"
+        self.batch_size: int = default_batch_size(self.device) if batch_size == "auto" else int(batch_size)
+        self.oom_splits = 0
+        self.on_oom: Callable[[int], None] | None = None
+        self._lock = threading.Lock()
+
+    def layer_names(self) -> list[str]:
+        return layer_names(self.module)
+
+    def tune_batch_size(self, input_size: int | None = None, precision: str | None = None) -> int:
+        """Measure the per-image cost of a few batch sizes and keep the cheapest (when "auto")."""
+        if self.auto_batch:
+            side = input_size or self.input_size
+            resolved = resolve_precision(precision or self.precision, self.device)
+            self.batch_size = measure_best_batch_size(
+                lambda b: self._forward(b, resolved), self.device, side
+            )
+            log.info("batch size %d chosen for %s", self.batch_size, self.device)
+        return self.batch_size
+
+    def _forward(self, batch: torch.Tensor, precision: str) -> torch.Tensor:
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(self.device, precision):
+            return self.fast(batch).float()
+
+    def forward_masked(self, batch: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+        """fp32 logits of ``batch`` (already on the device), in slices of at most ``batch_size``.
+
+        On out-of-memory the slice is halved and retried; the smaller size is kept for later
+        calls. Per-sample results do not depend on how the batch was cut.
+        """
+        precision = resolve_precision(precision or self.precision, self.device)
+        outputs: list[torch.Tensor] = []
+        start, n = 0, batch.shape[0]
+        while start < n:
+            size = min(self.batch_size, n - start)
+            try:
+                outputs.append(self._forward(batch[start : start + size], precision))
+                start += size
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                self._halve(size)
+        if not outputs:
+            return torch.empty(0, 0, device=self.device)
+        return torch.cat(outputs)
+
+    def _halve(self, failed_size: int) -> None:
+        with self._lock:
+            self.batch_size = max(1, min(self.batch_size, failed_size // 2))
+            self.oom_splits += 1
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.warning("out of memory at batch %d; retrying at %d", failed_size, self.batch_size)
+        if self.on_oom is not None:
+            self.on_oom(self.batch_size)
+
+    def predict_logits(self, x: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+        """fp32 logits for a batch of preprocessed images (moved to the device here)."""
+        return self.forward_masked(x.to(self.device), precision or "fp32")

@@ -1,0 +1,60 @@
+"""What an explanation returns, and the map normalisation every method shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class CamStats:
+    """Where the work went: ``forwarded`` masked passes out of ``channels`` in the layer."""
+
+    channels: int
+    forwarded: int = 0
+    skipped_constant: int = 0
+    skipped_duplicate: int = 0
+    skipped_by_max: int = 0
+
+    @property
+    def forward_passes(self) -> int:
+        """Masked forwards plus the one forward that captured the activations."""
+        return self.forwarded + 1
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """One class's explanation of one image.
+
+    ``map`` is float32 on the CPU at the model input's height × width, in [0, 1];
+    a map with no positive evidence is all zeros (never NaN).
+    """
+
+    class_index: int
+    score: float
+    map: torch.Tensor
+    stats: CamStats
+
+
+def normalize_map(cam: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each map of ``cam`` [..., H, W] to [0, 1]; constant maps become zeros."""
+    flat = cam.flatten(-2)
+    low = flat.amin(-1, keepdim=True)
+    span = flat.amax(-1, keepdim=True) - low
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    out = torch.where(span > 0, (flat - low) / safe, torch.zeros_like(flat))
+    return out.reshape(cam.shape)
+
+
+def combine_maps(activations: torch.Tensor, weights: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """L_c = normalise(ReLU(Σ_k w_ck · Up(A_k))) for every class c.
+
+    Bilinear upsampling is linear, so Σ_k w_k · Up(A_k) = Up(Σ_k w_k · A_k): the sum is taken
+    at the layer's resolution and upsampled once. ``activations`` [K, h, w], ``weights`` [C, K];
+    returns [C, H, W] float32.
+    """
+    low = torch.einsum("ck,khw->chw", weights.float(), activations.float())
+    up = F.interpolate(low[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return normalize_map(torch.relu(up))

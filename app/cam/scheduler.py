@@ -1,0 +1,73 @@
+"""Filling forward batches with masked inputs from one or many Score-CAM jobs.
+
+The same two steps serve a single call (all images of one request) and the service worker
+(chunks of concurrent requests): `fill_batch` takes an equal share from every unfinished job,
+round robin, so a short job is never stuck behind a long one; `run_batch` runs one forward for
+the whole batch and hands each chunk its slice of the logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from app.errors import Cancelled
+
+if TYPE_CHECKING:
+    from app.cam.score_cam import MaskChunk, ScoreCamJob
+
+
+def fill_batch(jobs: Sequence[ScoreCamJob], batch_size: int) -> list[MaskChunk]:
+    """Up to ``batch_size`` masked inputs, shared fairly among the jobs that still have masks."""
+    active = [job for job in jobs if not job.exhausted]
+    chunks: list[MaskChunk] = []
+    room = batch_size
+    while room > 0 and active:
+        share = max(1, room // len(active))
+        still: list[ScoreCamJob] = []
+        for job in active:
+            if room == 0:
+                break
+            chunk = job.next_chunk(min(share, room))
+            chunks.append(chunk)
+            room -= len(chunk)
+            if not job.exhausted:
+                still.append(job)
+        active = still
+    return chunks
+
+
+def run_batch(chunks: Sequence[MaskChunk]) -> None:
+    """One masked forward for all ``chunks`` (same model and precision); record every slice."""
+    if not chunks:
+        return
+    first = chunks[0].job
+    inputs = torch.cat([c.inputs for c in chunks]) if len(chunks) > 1 else chunks[0].inputs
+    logits = first.model.forward_masked(inputs, first.precision)
+    offset = 0
+    for chunk in chunks:
+        chunk.job.record(chunk, logits[offset : offset + len(chunk)])
+        offset += len(chunk)
+
+
+def run_jobs(
+    jobs: Sequence[ScoreCamJob],
+    batch_size: Callable[[], int],
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> None:
+    """Run every job to completion, reporting (masks done, masks total) after each batch."""
+    total = sum(job.total for job in jobs)
+    done = 0
+    if progress is not None:
+        progress(0, total)
+    while any(not job.exhausted for job in jobs):
+        if cancelled is not None and cancelled():
+            raise Cancelled(f"cancelled after {done} of {total} masked forwards")
+        chunks = fill_batch(jobs, batch_size())
+        run_batch(chunks)
+        done += sum(len(c) for c in chunks)
+        if progress is not None:
+            progress(done, total)

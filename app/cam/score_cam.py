@@ -1,0 +1,181 @@
+"""Score-CAM (Wang et al., CVPR-W 2020, arXiv 1910.01279, Algorithm 1), mask-batched.
+
+For input X, target layer activations A (K channels) and class c:
+
+    H_k = (Up(A_k) − min) / (max − min)                  bilinear, align_corners=False
+    s_k = f(X ∘ H_k)                                     one masked forward per channel
+    α_k = softmax(s_k)[c]              weighting="probability" (the official code, default)
+    α   = softmax_k(s_k[c])            weighting="channel-softmax" (pytorch-grad-cam, torch-cam)
+    L_c = normalise(ReLU(Σ_k α_k · Up(A_k)))
+
+Example::
+
+    cam = ScoreCAM(InferenceModel(model), layer="bn2")
+    [[result]] = cam(x)              # x: [1, 3, 224, 224], top-1 class
+    result.map                       # [224, 224] in [0, 1]
+
+Each image becomes a `ScoreCamJob`: its masked inputs are built on the device a chunk at a
+time (never all K at once), chunks of several jobs share forward batches (`scheduler`), and
+the scores stay on the device until the map is combined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from app.cam.base import BaseCAM, CancelCheck, Progress, build_results, resolve_classes
+from app.cam.capture import Capture
+from app.cam.channels import ChannelPlan, build_masked_inputs, plan_channels
+from app.cam.inference import InferenceModel
+from app.cam.precision import resolve_precision
+from app.cam.results import CamResult, CamStats
+from app.cam.scheduler import run_jobs
+from app.errors import InvalidOption
+
+WEIGHTINGS: tuple[str, ...] = ("probability", "channel-softmax")
+
+
+@dataclass
+class MaskChunk:
+    """Masked inputs for unique maps [start, stop) of one job."""
+
+    job: ScoreCamJob
+    start: int
+    stop: int
+    inputs: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+class ScoreCamJob:
+    """One image's Score-CAM work, consumable a chunk at a time by any scheduler."""
+
+    def __init__(self, cam: ScoreCAM, cap: Capture, classes: list[int], plan: ChannelPlan) -> None:
+        self.cam = cam
+        self.model = cam.model
+        self.capture = cap
+        self.classes = classes
+        self.plan = plan
+        self.precision = cam.precision
+        self.total = plan.total
+        self.issued = 0
+        self.done = 0
+        self._class_index = torch.tensor(classes, device=cap.logits.device)
+        self.scores = torch.zeros(plan.total, len(classes), device=cap.logits.device)
+
+    @property
+    def group(self) -> tuple[int, str]:
+        """Jobs with the same group can share a forward batch (same network, same precision)."""
+        return (id(self.model), self.precision)
+
+    @property
+    def exhausted(self) -> bool:
+        """Every chunk has been handed out."""
+        return self.issued >= self.total
+
+    @property
+    def finished(self) -> bool:
+        """Every chunk's scores have been recorded."""
+        return self.done >= self.total
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        return self.capture.probabilities.cpu()
+
+    def next_chunk(self, n: int) -> MaskChunk:
+        """Build the masked inputs of the next (at most) ``n`` unique maps, on the device."""
+        start = self.issued
+        stop = min(self.total, start + max(1, n))
+        self.issued = stop
+        inputs = build_masked_inputs(self.capture.input, self.plan, start, stop)
+        return MaskChunk(self, start, stop, inputs)
+
+    def record(self, chunk: MaskChunk, logits: torch.Tensor) -> None:
+        """Keep the chunk's class scores (on the device; no host sync)."""
+        if self.cam.weighting == "probability":
+            values = torch.softmax(logits.float(), dim=1).index_select(1, self._class_index)
+        else:
+            values = logits.float().index_select(1, self._class_index)
+        self.scores[chunk.start : chunk.stop] = values
+        self.done += len(chunk)
+
+    def weights(self) -> torch.Tensor:
+        """α [C, K]: zero for skipped channels, shared by duplicates."""
+        k = self.plan.stats.channels
+        per_selected = self.scores[self.plan.inverse]  # [S, C]
+        if self.cam.weighting == "channel-softmax" and per_selected.shape[0] > 0:
+            per_selected = torch.softmax(per_selected, dim=0)
+        full = torch.zeros(len(self.classes), k, device=per_selected.device)
+        full[:, self.plan.selected] = per_selected.T
+        return full
+
+    @property
+    def stats(self) -> CamStats:
+        return self.plan.stats
+
+    def results(self) -> list[CamResult]:
+        """The normalised map for each class; only once every chunk is recorded."""
+        if not self.finished:
+            raise RuntimeError(f"job not finished: {self.done} of {self.total} masks recorded")
+        return build_results(self.capture, self.classes, self.weights(), self.plan.stats)
+
+
+class ScoreCAM(BaseCAM):
+    """Score-CAM with mask batching.
+
+    Args:
+        model: the warm model.
+        layer: target layer name.
+        weighting: "probability" (official, default) or "channel-softmax".
+        precision: masked-forward precision; None uses the model's default.
+        max_channels: Faster Score-CAM, keep the k highest-variance channels (None: all).
+        batch_size: masked inputs per forward; None uses the model's (tuned) batch size.
+        dedupe: forward identical channels once.
+    """
+
+    def __init__(
+        self,
+        model: InferenceModel,
+        layer: str,
+        weighting: str = "probability",
+        precision: str | None = None,
+        max_channels: int | None = None,
+        batch_size: int | None = None,
+        dedupe: bool = True,
+    ) -> None:
+        super().__init__(model, layer)
+        if weighting not in WEIGHTINGS:
+            raise InvalidOption(f"unknown weighting {weighting!r}; valid values: {', '.join(WEIGHTINGS)}")
+        if batch_size is not None and batch_size < 1:
+            raise InvalidOption(f"batch_size must be a positive integer, got {batch_size}")
+        if max_channels is not None and max_channels < 1:
+            raise InvalidOption(f"max_channels must be a positive integer, got {max_channels}")
+        self.weighting = weighting
+        self.precision = resolve_precision(precision or model.precision, model.device)
+        self.max_channels = max_channels
+        self.batch_size = batch_size
+        self.dedupe = dedupe
+
+    def start(self, x: torch.Tensor, classes: list[int] | None = None) -> ScoreCamJob:
+        """Capture one image [1, 3, H, W] and plan its masked forwards."""
+        cap = self.capture(x)
+        return self.job_for(cap, resolve_classes(cap, classes))
+
+    def job_for(self, cap: Capture, classes: list[int]) -> ScoreCamJob:
+        size = (cap.input.shape[-2], cap.input.shape[-1])
+        plan = plan_channels(cap.activations, size, self.max_channels, self.dedupe)
+        return ScoreCamJob(self, cap, classes, plan)
+
+    def channel_weights(
+        self,
+        captures: list[Capture],
+        classes: list[list[int]],
+        progress: Progress | None,
+        cancelled: CancelCheck | None,
+    ) -> list[tuple[torch.Tensor, CamStats]]:
+        jobs = [self.job_for(c, t) for c, t in zip(captures, classes)]
+        run_jobs(jobs, lambda: self.batch_size or self.model.batch_size, progress, cancelled)
+        return [(job.weights(), job.stats) for job in jobs]

@@ -1,0 +1,42 @@
+"""Precision choice and batch-size measurement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.cam import InferenceModel
+from app.cam.batch_size import CPU_CANDIDATES
+from app.cam.precision import cpu_has_native_bf16, resolve_precision
+from app.errors import InvalidOption
+from tests.cam.conftest import SmallCNN
+
+
+def test_auto_picks_bf16_only_where_the_cpu_has_it() -> None:
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("fp16", "cpu") == "fp16"
+
+
+@pytest.mark.parametrize("name", ["int8", "", "FP32"])
+def test_unknown_precision_is_rejected(name: str) -> None:
+    with pytest.raises(InvalidOption, match="valid values"):
+        resolve_precision(name, "cpu")
+
+
+def test_auto_batch_size_is_measured(small_cnn: SmallCNN) -> None:
+    model = InferenceModel(small_cnn, batch_size="auto", input_size=32)
+    assert model.tune_batch_size() in CPU_CANDIDATES
+    fixed = InferenceModel(small_cnn, batch_size=6, input_size=32)
+    assert fixed.tune_batch_size() == 6
+
+
+@pytest.mark.parametrize("bad", [0, -3, "big"])
+def test_invalid_batch_size(small_cnn: SmallCNN, bad: object) -> None:
+    with pytest.raises(InvalidOption):
+        InferenceModel(small_cnn, batch_size=bad)  # type: ignore[arg-type]
+
+
+def test_predict_logits_equal_the_original_model(small_cnn: SmallCNN, small_input: torch.Tensor) -> None:
+    model = InferenceModel(small_cnn, precision="fp32", input_size=32)
+    with torch.no_grad():
+        assert torch.allclose(model.predict_logits(small_input), small_cnn(small_input), atol=1e-5)
