@@ -1,0 +1,120 @@
+"""How a model wants its input: resize, centre crop and normalisation, as one frozen value.
+
+Two views of the same photo are needed. ``eval_tensor`` is the classic evaluation transform the
+weights were trained for (resize the shorter side, centre crop), so the class scores are the
+published ones. ``full_tensor`` squeezes the whole photo to S x S with no crop, so a heatmap
+covers every pixel of the image the user sent; an image that is already S x S is used untouched,
+which keeps a round trip (image -> tensor -> heatmap overlay) free of resampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from app.errors import InvalidOption
+
+IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
+IMAGENET_STD: Final = (0.229, 0.224, 0.225)
+INTERPOLATIONS: Final = ("nearest", "bilinear", "bicubic")
+
+
+def _triple(name: str, value: object) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in value)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise InvalidOption(f"{name} must be three numbers (R, G, B), got {value!r}") from None
+    if len(values) != 3:
+        raise InvalidOption(f"{name} must be three numbers (R, G, B), got {len(values)}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Input transform of one model.
+
+    ``eval_tensor``: resize the shorter side to ``resize_size`` with ``interpolation``, centre
+    crop ``input_size`` x ``input_size``, scale to [0, 1], then ``(x - mean) / std`` per channel.
+    """
+
+    input_size: int = 224
+    resize_size: int = 256
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        for field in ("input_size", "resize_size"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidOption(f"{field} must be a positive integer, got {value!r}")
+        if self.resize_size < self.input_size:
+            raise InvalidOption(
+                f"resize_size ({self.resize_size}) must be at least input_size ({self.input_size}):"
+                " the centre crop is taken from the resized image"
+            )
+        if self.interpolation not in INTERPOLATIONS:
+            raise InvalidOption(
+                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+        mean, std = _triple("mean", self.mean), _triple("std", self.std)
+        if any(s <= 0 for s in std):
+            raise InvalidOption(f"std values must be positive, got {std}")
+        # Accept lists (from JSON) but store tuples so the value stays hashable and frozen.
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+
+    @property
+    def crop_pct(self) -> float:
+        """The share of the resized image the crop keeps (timm's name for it)."""
+        return self.input_size / self.resize_size
+
+    @property
+    def _mode(self) -> InterpolationMode:
+        return InterpolationMode(self.interpolation)
+
+    def eval_tensor(self, img: Image.Image) -> torch.Tensor:
+        """The evaluation view: shorter side to ``resize_size``, centre crop; float32 [3, S, S]."""
+        img = F.resize(_rgb(img), [self.resize_size], interpolation=self._mode, antialias=True)
+        img = F.center_crop(img, [self.input_size, self.input_size])
+        return self._to_normalized(img)
+
+    def full_tensor(self, img: Image.Image) -> torch.Tensor:
+        """The whole image as S x S (aspect ratio not kept, nothing cropped); float32 [3, S, S].
+
+        An image that is already S x S is not resampled.
+        """
+        img = _rgb(img)
+        size = self.input_size
+        if img.size != (size, size):
+            img = F.resize(img, [size, size], interpolation=self._mode, antialias=True)
+        return self._to_normalized(img)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` for a [3, H, W] or [N, 3, H, W] tensor with values in [0, 1]."""
+        return (x - self._stat(self.mean, x)) / self._stat(self.std, x)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo ``normalize``: back to values in [0, 1] (for overlays and checks)."""
+        return x * self._stat(self.std, x) + self._stat(self.mean, x)
+
+    @staticmethod
+    def _stat(values: tuple[float, float, float], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(values, dtype=like.dtype, device=like.device).view(3, 1, 1)
+
+    def _to_normalized(self, img: Image.Image) -> torch.Tensor:
+        # (p / 255 - mean) / std as one multiply and one subtract on the uint8 pixels p.
+        x = F.pil_to_tensor(img).to(torch.float32)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return x.mul_(1 / (255 * std)).sub_(torch.tensor(self.mean).view(3, 1, 1) / std)
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    if not isinstance(img, Image.Image):
+        raise TypeError(f"expected a PIL image, got {type(img).__name__}")
+    return img if img.mode == "RGB" else img.convert("RGB")
