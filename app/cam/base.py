@@ -58,15 +58,16 @@ class BaseCAM(ABC):
         classes: ClassSpec = None,
         progress: Progress | None = None,
         cancelled: CancelCheck | None = None,
+        top_k: int = 1,
     ) -> list[list[CamResult]]:
-        """Explain each image of ``x`` [N, 3, H, W] for its classes (default: the top-1 class).
+        """Explain each image of ``x`` [N, 3, H, W] for its classes (default: the top-k classes).
 
         ``classes`` is one list for every image, or one list per image.
         """
         if x.dim() != 4:
             raise InvalidOption(f"expected a batch [N, 3, H, W], got shape {tuple(x.shape)}")
         captures = [self.capture(x[i : i + 1]) for i in range(x.shape[0])]
-        targets = [resolve_classes(c, spec) for c, spec in zip(captures, split_classes(classes, len(captures)))]
+        targets = [resolve_classes(c, spec, top_k) for c, spec in zip(captures, split_classes(classes, len(captures)))]
         weighted = self.channel_weights(captures, targets, progress, cancelled)
         return [
             build_results(c, t, w, s) for c, t, (w, s) in zip(captures, targets, weighted)
@@ -84,11 +85,13 @@ def split_classes(classes: ClassSpec, n: int) -> list[Sequence[int] | None]:
     return [classes] * n  # type: ignore[list-item]
 
 
-def resolve_classes(cap: Capture, classes: Sequence[int] | None) -> list[int]:
-    """Validate requested class indices; None means the predicted (top-1) class."""
+def resolve_classes(cap: Capture, classes: Sequence[int] | None, top_k: int = 1) -> list[int]:
+    """Validate requested class indices; None means the ``top_k`` predicted classes."""
     num = cap.logits.shape[-1]
     if classes is None or len(classes) == 0:
-        return [int(cap.logits.argmax())]
+        if not 1 <= top_k <= num:
+            raise InvalidOption(f"top_k must be between 1 and {num}, got {top_k}")
+        return [int(i) for i in torch.topk(cap.logits, top_k).indices]
     bad = [c for c in classes if not 0 <= int(c) < num]
     if bad:
         raise InvalidOption(f"class index {bad[0]} out of range; valid indices are 0..{num - 1}")

@@ -159,10 +159,10 @@ class ScoreCAM(BaseCAM):
         self.batch_size = batch_size
         self.dedupe = dedupe
 
-    def start(self, x: torch.Tensor, classes: list[int] | None = None) -> ScoreCamJob:
-        """Capture one image [1, 3, H, W] and plan its masked forwards."""
+    def start(self, x: torch.Tensor, classes: list[int] | None = None, top_k: int = 1) -> ScoreCamJob:
+        """Capture one image [1, 3, H, W] and plan its masked forwards (classes default: top-k)."""
         cap = self.capture(x)
-        return self.job_for(cap, resolve_classes(cap, classes))
+        return self.job_for(cap, resolve_classes(cap, classes, top_k))
 
     def job_for(self, cap: Capture, classes: list[int]) -> ScoreCamJob:
         size = (cap.input.shape[-2], cap.input.shape[-1])

@@ -1,0 +1,1 @@
+"""The HTTP layer: thin routes that decode, validate, enqueue and encode."""

@@ -1,0 +1,64 @@
+"""FastAPI dependencies: handlers get settings, the service and metrics through these aliases.
+
+Nothing reads module globals: the app factory puts its objects on ``app.state`` and these
+functions fetch them, so a test can build several apps, or override ``get_settings``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from app.api.errors import Unauthorized
+from app.config import Settings
+from app.service.inference import ScoreCamService
+from app.service.metrics import ServiceMetrics
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_service(request: Request) -> ScoreCamService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def get_metrics(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ServiceDep = Annotated[ScoreCamService, Depends(get_service)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+
+
+def presented_key(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The key from ``X-API-Key`` or ``Authorization: Bearer <key>``."""
+    if x_api_key:
+        return x_api_key.strip()
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+async def require_api_key(
+    settings: SettingsDep,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """401 unless the configured key is presented (constant-time comparison); open when unset."""
+    if settings.api_key is None:
+        return
+    key = presented_key(x_api_key, authorization)
+    if key is None:
+        raise Unauthorized("an API key is required; send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'")
+    expected = settings.api_key.get_secret_value().encode()
+    if not hmac.compare_digest(key.encode(), expected):
+        raise Unauthorized("the API key is not valid")
+
+
+ApiKeyDep = Depends(require_api_key)

@@ -1,0 +1,138 @@
+"""Every error becomes one JSON shape: ``{"error": {"code": ..., "message": ..., "details"?: ...}}``.
+
+Domain errors (app/errors.py) map to HTTP statuses here and only here; FastAPI's validation
+errors and Starlette's 404/405 are reshaped to match, so a client parses one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import errors as domain
+from app.service.work import InternalError
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[domain.ScoreCamError], int] = {
+    domain.UnknownModel: 404,
+    domain.UnknownLayer: 422,
+    domain.InvalidOption: 422,
+    domain.InvalidImage: 422,
+    domain.ImageTooLarge: 413,
+    domain.UnsupportedMediaType: 415,
+    domain.WeightsNotFound: 503,
+    domain.QueueFull: 503,
+    domain.DeadlineExceeded: 504,
+    domain.Cancelled: 499,  # client closed request (nginx's convention); nobody reads it
+    domain.ServiceUnavailable: 503,
+    InternalError: 500,
+}
+HTTP_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class Unauthorized(domain.ScoreCamError):
+    """Missing or wrong API key (an HTTP concern, so it lives here rather than in the core)."""
+
+    code = "unauthorized"
+
+
+STATUS_BY_ERROR[Unauthorized] = 401
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return {"error": error}
+
+
+def status_of(error: domain.ScoreCamError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+def error_headers(error: domain.ScoreCamError) -> dict[str, str]:
+    retry = getattr(error, "retry_after_s", None)
+    headers: dict[str, str] = {}
+    if retry is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry)))
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="scorecam"'
+    return headers
+
+
+def error_response(error: domain.ScoreCamError) -> JSONResponse:
+    return JSONResponse(error_body(error.code, error.message), status_of(error), headers=error_headers(error))
+
+
+def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
+    """Pydantic's error list without the input echo (it may be a multi-megabyte base64 image)."""
+    return [
+        {"field": ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query")), "message": e.get("msg", "")}
+        for e in errors
+    ]
+
+
+def validation_message(details: list[dict[str, Any]]) -> str:
+    parts = [f"{d['field'] or 'request'}: {d['message']}" for d in details[:5]]
+    return "invalid request: " + "; ".join(parts)
+
+
+async def domain_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, domain.ScoreCamError)
+    if status_of(exc) >= 500 and not isinstance(exc, (domain.QueueFull, domain.ServiceUnavailable)):
+        log.warning("%s: %s", exc.code, exc.message)
+    return error_response(exc)
+
+
+async def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, (RequestValidationError, ValidationError))
+    details = validation_details(list(exc.errors()))
+    return JSONResponse(error_body("invalid_request", validation_message(details), details), 422)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTP_CODES.get(exc.status_code, "error")
+    message = str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route {request.url.path}; see /docs for the API"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    return JSONResponse(error_body(code, message), exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def unexpected_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(error_body("internal_error", "an unexpected error occurred; see the server log"), 500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(domain.ScoreCamError, domain_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(ValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)

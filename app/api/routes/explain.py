@@ -1,0 +1,61 @@
+"""POST /v1/explain: class activation maps of an image, as JSON or as a Server-Sent Event stream."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app.api.deps import ServiceDep, SettingsDep
+from app.api.disconnect import unless_disconnected
+from app.api.encoders import explain_json, explain_spec
+from app.api.forms import LIST_FIELDS, read_image_request
+from app.api.openapi import error_responses, request_body
+from app.api.schemas import ExplainJSON, ExplainOptions, ExplainResponse
+from app.api.sse import HEADERS, MEDIA_TYPE, ProgressFeed, explain_stream, wants_event_stream
+from app.service.images import ImageLimits, decode_image
+
+router = APIRouter(tags=["inference"])
+
+DESCRIPTION = """\
+Explain the model's decision with Score-CAM (default), Grad-CAM or Grad-CAM++.
+
+Send `multipart/form-data` (file field `image`, options as form fields, lists comma-separated)
+or `application/json` (`image` as base64, options as fields). Every map has the uploaded image's
+width and height and covers the whole image.
+
+With `Accept: text/event-stream` the answer is a stream of Server-Sent Events: `queued`,
+`progress` (`{"done", "total"}` masked forwards), then `result` (this endpoint's JSON body) or
+`error` (the error body plus `status`).
+"""
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {MEDIA_TYPE: {"schema": {"type": "string"}, "example": 'event: progress\ndata: {"done":64,"total":812}\n\n'}}},
+    **error_responses(401, 404, 413, 415, 422, 503, 504),
+}
+
+
+@router.post(
+    "/explain",
+    response_model=ExplainResponse,
+    response_model_exclude_none=True,
+    summary="Explain a classification with heatmaps",
+    description=DESCRIPTION,
+    openapi_extra=request_body(
+        ExplainJSON, LIST_FIELDS, {"top_k": 1, "outputs": ["heatmap", "overlay"], "max_channels": 256}
+    ),
+    responses=RESPONSES,
+)
+async def explain(request: Request, service: ServiceDep, settings: SettingsDep) -> Any:
+    data, options = await read_image_request(request, ExplainOptions)
+    limits = ImageLimits(settings.max_upload_bytes, settings.max_megapixels)
+    image = await asyncio.to_thread(decode_image, data, limits)
+    spec = explain_spec(options)
+    if wants_event_stream(request.headers.get("accept")):
+        feed = ProgressFeed()
+        pending = await service.submit_explain(image, spec, feed)
+        return StreamingResponse(explain_stream(pending, feed), media_type=MEDIA_TYPE, headers=HEADERS)
+    outcome = await unless_disconnected(request, service.explain(image, spec))
+    return JSONResponse(explain_json(outcome))

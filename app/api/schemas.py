@@ -1,0 +1,169 @@
+"""Request and response schemas of the HTTP API (kept apart: what comes in is not what goes out)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Method = Literal["scorecam", "gradcam", "gradcam++"]
+Output = Literal["heatmap", "overlay", "raw"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Weighting = Literal["probability", "channel-softmax"]
+
+
+# ---- requests ----------------------------------------------------------------------------
+
+
+class PredictOptions(BaseModel):
+    """Options of /v1/predict (form fields or JSON fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, description="Model name (default: the default model).", examples=["efficientnet_lite0"])
+    top_k: int = Field(default=5, ge=1, description="How many classes to return, most probable first.")
+
+
+class ExplainOptions(BaseModel):
+    """Options of /v1/explain (form fields, lists comma-separated, or JSON fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, description="Model name (default: the default model).")
+    method: Method = Field(default="scorecam", description="scorecam, gradcam or gradcam++.")
+    classes: list[int] | None = Field(
+        default=None, description="Class indices to explain (default: the top_k predicted).", examples=[[281, 285]]
+    )
+    top_k: int = Field(default=1, ge=1, description="Explain the top_k predicted classes when classes is not given.")
+    layer: str | None = Field(default=None, description="Target layer (default: the model's target_layer).")
+    outputs: list[Output] = Field(
+        default=["heatmap", "overlay"], min_length=1, description="Any of heatmap, overlay, raw."
+    )
+    precision: Precision | None = Field(default=None, description="Masked-forward precision (default: the model's).")
+    weighting: Weighting = Field(default="probability", description="probability (the paper's code) or channel-softmax.")
+    max_channels: int | None = Field(
+        default=None, ge=1, description="Faster Score-CAM: forward only the k highest-variance channels."
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_non_negative(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(c < 0 for c in value):
+            raise ValueError("class indices are non-negative integers")
+        return value or None
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_unique(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
+class PredictJSON(PredictOptions):
+    """/v1/predict as application/json."""
+
+    image: str = Field(description="The image file's bytes, base64 encoded (a data: URL prefix is accepted).")
+
+
+class ExplainJSON(ExplainOptions):
+    """/v1/explain as application/json."""
+
+    image: str = Field(description="The image file's bytes, base64 encoded (a data: URL prefix is accepted).")
+
+
+# ---- responses ---------------------------------------------------------------------------
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(examples=["unknown_model"])
+    message: str = Field(examples=["unknown model 'resnet'; did you mean 'resnet18'?"])
+    details: list[dict[str, str]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "not_ready"]
+    reason: str | None = None
+    models: list[str] = []
+
+
+class ModelEntry(BaseModel):
+    name: str = Field(examples=["efficientnet_lite0"])
+    default: bool
+    device: str = Field(examples=["cpu"])
+    precision: str = Field(examples=["bf16"])
+    input_size: int = Field(examples=[224])
+    num_classes: int = Field(examples=[1000])
+    target_layer: str = Field(examples=["bn2"])
+    layers: list[str]
+
+
+class ModelList(BaseModel):
+    models: list[ModelEntry]
+
+
+class LabelList(BaseModel):
+    labels: list[str] = Field(description="Class names; the list index is the class index.", examples=[["tench", "goldfish"]])
+
+
+class PredictionOut(BaseModel):
+    class_index: int = Field(examples=[281])
+    label: str = Field(examples=["tabby, tabby cat"])
+    score: float = Field(description="Softmax probability.", examples=[0.62])
+
+
+class TimingOut(BaseModel):
+    queue_ms: float
+    compute_ms: float
+    total_ms: float
+
+
+class PredictResponse(BaseModel):
+    model: str
+    width: int
+    height: int
+    predictions: list[PredictionOut]
+    timing_ms: TimingOut
+
+
+class RawMapOut(BaseModel):
+    shape: list[int] = Field(description="[height, width]", examples=[[300, 451]])
+    dtype: Literal["float32"] = "float32"
+    data: str = Field(description="base64 of the little-endian float32 values, row-major.")
+
+
+class ExplanationOut(BaseModel):
+    class_index: int
+    label: str
+    score: float = Field(description="Softmax probability of the class on the unmasked image.")
+    heatmap_png: str | None = Field(default=None, description="Grayscale PNG (image width x height), base64.")
+    overlay_png: str | None = Field(default=None, description="Jet colormap blended onto the image, PNG base64.")
+    raw: RawMapOut | None = None
+
+
+class StatsOut(BaseModel):
+    channels: int = Field(description="Channels of the target layer.")
+    forward_passes: int = Field(description="Forward passes for this image (masked ones plus the base one).")
+    masked_forwards: int
+    channels_skipped: int
+    skipped_constant: int
+    skipped_duplicate: int
+    skipped_by_max: int
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    method: Method
+    layer: str
+    width: int
+    height: int
+    predictions: list[PredictionOut] = Field(description="Top-5 classes.")
+    explanations: list[ExplanationOut]
+    stats: StatsOut
+    timing_ms: TimingOut

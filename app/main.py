@@ -1,0 +1,94 @@
+"""The application factory: ``create_app(settings)`` builds one independent service instance.
+
+Nothing is built at import time, so ``uvicorn app.main:create_app --factory`` and tests can
+create as many apps as they like, each with its own settings, worker and metrics registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.api.deps import ApiKeyDep
+from app.api.errors import install_error_handlers
+from app.api.middleware import BodyLimitMiddleware, MetricsMiddleware, body_limit
+from app.api.routes import explain, health, metrics, models, predict
+from app.api.routes.web import mount_demo_page
+from app.config import Settings
+from app.service.inference import ScoreCamService
+from app.service.metrics import ServiceMetrics
+from app.service.registry_state import ModelSource
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "0.1.0"
+DESCRIPTION = """\
+Classify images with convolutional networks and explain each decision with Score-CAM heatmaps.
+
+Start with `GET /v1/models`, then `POST /v1/predict` or `POST /v1/explain` with an image
+(multipart/form-data field `image`, or JSON with `image` in base64). Errors always have the
+shape `{"error": {"code": "...", "message": "..."}}`.
+"""
+
+
+def default_model_source(settings: Settings) -> ModelSource:
+    """The model zoo's registry plus the configured bring-your-own models (fails fast on a bad config)."""
+    from app.models import default_registry
+
+    registry = default_registry()
+    for config in settings.custom_models:
+        registry.register_custom(config)
+    return registry  # type: ignore[return-value]
+
+
+def create_app(settings: Settings | None = None, *, model_source: ModelSource | None = None) -> FastAPI:
+    """Build the FastAPI app; the lifespan loads and warms the models in the worker thread."""
+    settings = settings or Settings()
+    metrics_ = ServiceMetrics()
+    service = ScoreCamService(settings, model_source or default_model_source(settings), metrics_)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="Score-CAM service",
+        version=API_VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = metrics_
+    install_error_handlers(app)
+
+    app.include_router(health.router)
+    v1 = APIRouter(dependencies=[ApiKeyDep])
+    v1.include_router(models.router)
+    v1.include_router(predict.router)
+    v1.include_router(explain.router)
+    app.include_router(v1, prefix="/v1")
+    app.include_router(metrics.router, dependencies=[ApiKeyDep])
+    mount_demo_page(app)
+
+    # add_middleware wraps from the inside out: the last one added runs first.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=body_limit(settings.max_upload_bytes))
+    app.add_middleware(MetricsMiddleware, metrics=metrics_)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "Accept"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
+    return app

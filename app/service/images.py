@@ -1,0 +1,105 @@
+"""Decode uploaded bytes into an RGB PIL image, enforcing the upload and pixel limits.
+
+The pixel limit is checked against the size in the file's header, before any pixel is decoded,
+so a decompression bomb (a small file that expands to gigapixels) costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """The limits an upload must fit."""
+
+    max_bytes: int
+    max_megapixels: float
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1_000_000)
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Bytes -> RGB image after EXIF orientation; the first frame of an animation.
+
+    Raises ImageTooLarge (bytes or pixels over the limit), UnsupportedMediaType (a real image in a
+    format we do not serve) or InvalidImage (not an image, truncated, empty).
+    """
+    if not data:
+        raise InvalidImage("the image is empty; send JPEG, PNG, WebP, BMP or GIF bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLarge(f"the image is {len(data)} bytes; the limit is {limits.max_bytes} bytes")
+    image = _open_header(data)
+    _check_pixels(image.size, limits)
+    try:
+        image.seek(0)
+        image.load()
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImage(f"the {image.format} image could not be decoded: {exc}") from exc
+    oriented = ImageOps.exif_transpose(image)
+    if oriented is not None:
+        image = oriented
+    _check_pixels(image.size, limits)
+    return to_rgb(image)
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """Read only the header: format and size, no pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=None)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"the image has too many pixels: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidImage(
+            "the bytes are not an image we can read; send JPEG, PNG, WebP, BMP or GIF"
+        ) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImage(f"the image header could not be read: {exc}") from exc
+    if image.format not in SUPPORTED_FORMATS:
+        raise UnsupportedMediaType(
+            f"image format {image.format} is not supported; send one of " + ", ".join(SUPPORTED_FORMATS)
+        )
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidImage(f"the image has no pixels ({width}x{height})")
+    return image
+
+
+def _check_pixels(size: tuple[int, int], limits: ImageLimits) -> None:
+    width, height = size
+    if width * height > limits.max_pixels:
+        raise ImageTooLarge(
+            f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
+            f"the limit is {limits.max_megapixels:g} megapixels"
+        )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparent pixels become white rather than black."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        image = image.convert("F")
+        low, high = image.getextrema()
+        span = (high - low) or 1.0
+        image = image.point(lambda v: (v - low) * 255.0 / span).convert("L")
+    return image.convert("RGB")

@@ -1,0 +1,320 @@
+"""The service's entry point for the web layer: predict and explain an image, await the worker.
+
+Everything CPU-heavy that is not model code (resizing to the model's input, rendering PNGs) runs
+in the thread pool; model code runs only in the worker thread; the event loop only validates,
+enqueues and awaits. Deadlines are enforced here too, so a request stuck behind a long batch
+still gets its 504 on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from PIL import Image
+
+from app.config import Settings
+from app.errors import InvalidOption, QueueFull, ServiceUnavailable
+from app.service.metrics import ServiceMetrics
+from app.service.outcomes import (
+    ExplainOutcome,
+    ExplainSpec,
+    ExplainStats,
+    Explanation,
+    Prediction,
+    PredictOutcome,
+    Timing,
+)
+from app.service.registry_state import ModelSource, ModelStore, ServedModel
+from app.service.render import heatmap_png, overlay_png, raw_map, resize_map
+from app.service.scheduler import Scheduler, deadline_error
+from app.service.supervisor import Supervisor
+from app.service.warmup import warm_up
+from app.service.work import ExplainOutput, PredictOutput, ProgressCallback, WorkItem
+from app.service.worker import Worker
+
+log = logging.getLogger(__name__)
+PREDICTIONS_IN_EXPLAIN = 5
+
+
+class ScoreCamService:
+    """Loaded models, the worker and its queue, behind two coroutines."""
+
+    def __init__(self, settings: Settings, source: ModelSource, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.store = ModelStore(
+            source,
+            settings.models,
+            settings.default_model_name,
+            device=settings.device,
+            precision=settings.precision,
+            batch_size=settings.explain_batch_size,
+            allow_download=settings.allow_download,
+        )
+        self.scheduler = Scheduler(settings.max_queue_forwards, settings.max_queue_requests, settings.batch_history)
+        self.supervisor = Supervisor(self.scheduler, metrics, self._make_worker)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def _make_worker(
+        self, generation: int, on_exit: Callable[[BaseException | None], None], on_ready: Callable[[], None]
+    ) -> Worker:
+        s = self.settings
+        prepare = None
+        if not self.supervisor.warm:
+            prepare = lambda: warm_up(self.store, s.warmup_max_channels, s.tune_batch_size, s.explain_batch_size)
+        return Worker(
+            self.store,
+            self.scheduler,
+            self.metrics,
+            max_batch_size=s.max_batch_size,
+            max_batch_wait_s=s.max_batch_wait_ms / 1000.0,
+            explain_batch_size=s.explain_batch_size,
+            on_exit=on_exit,
+            prepare=prepare,
+            on_ready=on_ready,
+            generation=generation,
+        )
+
+    async def start(self) -> None:
+        """Check the model names (fail fast), then load and warm up in the worker thread."""
+        self.store.check_names()
+        self.metrics.watch_device(self.store.device)
+        self.supervisor.start()
+
+    def begin_drain(self) -> None:
+        self.supervisor.begin_drain()
+
+    async def stop(self) -> None:
+        await self.supervisor.stop(self.settings.graceful_timeout_s)
+
+    @property
+    def ready(self) -> bool:
+        return self.supervisor.serving and not self.supervisor.draining
+
+    def not_ready_reason(self) -> str:
+        if self.supervisor.startup_error is not None:
+            return f"the models failed to load: {self.supervisor.startup_error}"
+        if self.supervisor.draining:
+            return "the service is shutting down"
+        if not self.supervisor.warm:
+            return "the models are loading and warming up"
+        return "the worker is restarting"
+
+    def _ensure_serving(self) -> None:
+        if not self.ready:
+            raise ServiceUnavailable(self.not_ready_reason() + "; retry shortly", retry_after_s=self.scheduler.retry_after_s())
+
+    # ---- models --------------------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        return [model.describe() for model in self.store.all()]
+
+    def model(self, name: str) -> dict[str, Any]:
+        return self.store.get(name).describe()
+
+    def labels(self, name: str) -> list[str]:
+        """The model's class names, indexed by class index."""
+        return list(self.store.get(name).loaded.labels)
+
+    # ---- predict -------------------------------------------------------------------------
+
+    async def predict(self, image: Image.Image, model_name: str | None, top_k: int) -> PredictOutcome:
+        started = time.monotonic()
+        self._ensure_serving()
+        model = self.store.get(model_name)
+        if not 1 <= top_k <= min(model.num_classes, self.settings.max_top_k):
+            raise InvalidOption(f"top_k must be between 1 and {min(model.num_classes, self.settings.max_top_k)}, got {top_k}")
+        x = await asyncio.to_thread(model.loaded.preprocessing.eval_tensor, image)
+        item = self._item("predict", model, x, cost=1, top_k=top_k)
+        output: PredictOutput = await self._run(item)
+        predictions = top_predictions(model, output.probabilities, top_k)
+        timing = Timing(output.queue_ms, output.compute_ms, (time.monotonic() - started) * 1000.0)
+        return PredictOutcome(model.name, image.width, image.height, predictions, timing)
+
+    # ---- explain -------------------------------------------------------------------------
+
+    async def explain(
+        self, image: Image.Image, spec: ExplainSpec, progress: ProgressCallback | None = None
+    ) -> ExplainOutcome:
+        """Validate, enqueue, await and render one explanation."""
+        pending = await self.submit_explain(image, spec, progress)
+        return await pending.outcome()
+
+    async def submit_explain(
+        self, image: Image.Image, spec: ExplainSpec, progress: ProgressCallback | None = None
+    ) -> PendingExplanation:
+        """Validate and enqueue; errors that have a status of their own (404, 422, 503) raise here."""
+        started = time.monotonic()
+        self._ensure_serving()
+        model = self.store.get(spec.model)
+        layer = model.check_layer(spec.layer)
+        classes = self._check_classes(model, spec)
+        x = await asyncio.to_thread(model.loaded.preprocessing.full_tensor, image)
+        kind = "scorecam" if spec.method == "scorecam" else "grad"
+        item = self._item(
+            kind,
+            model,
+            x.unsqueeze(0),
+            cost=self._explain_cost(model, spec, layer, classes),
+            top_k=spec.top_k,
+            method=spec.method,
+            classes=classes,
+            layer=layer,
+            precision=spec.precision,
+            weighting=spec.weighting,
+            max_channels=spec.max_channels,
+            progress=progress,
+        )
+        self._submit(item)
+        return PendingExplanation(self, item, model, image, spec, layer, started)
+
+    def _check_classes(self, model: ServedModel, spec: ExplainSpec) -> list[int] | None:
+        limit = self.settings.max_classes
+        if spec.classes:
+            bad = [c for c in spec.classes if not 0 <= c < model.num_classes]
+            if bad:
+                raise InvalidOption(f"class index {bad[0]} is out of range; valid indices are 0..{model.num_classes - 1}")
+            if len(spec.classes) > limit:
+                raise InvalidOption(f"at most {limit} classes per explanation (SCORECAM_MAX_CLASSES), got {len(spec.classes)}")
+            return list(dict.fromkeys(spec.classes))
+        if not 1 <= spec.top_k <= min(limit, model.num_classes):
+            raise InvalidOption(f"top_k must be between 1 and {min(limit, model.num_classes)}, got {spec.top_k}")
+        return None
+
+    @staticmethod
+    def _explain_cost(model: ServedModel, spec: ExplainSpec, layer: str, classes: list[int] | None) -> int:
+        """Forward passes the request will need, for the queue bound (an upper estimate)."""
+        if spec.method != "scorecam":
+            return 1 + 2 * (len(classes) if classes else spec.top_k)
+        channels = model.channels_estimate(layer)
+        if spec.max_channels is not None:
+            channels = min(channels, spec.max_channels)
+        return channels + 1
+
+    # ---- the queue -----------------------------------------------------------------------
+
+    def _item(self, kind: str, model: ServedModel, x: torch.Tensor, cost: int, **options: Any) -> WorkItem:
+        loop = asyncio.get_running_loop()
+        return WorkItem(
+            kind=kind,  # type: ignore[arg-type]
+            model=model.name,
+            x=x,
+            deadline=time.monotonic() + self.settings.request_timeout_s,
+            cost=cost,
+            loop=loop,
+            future=loop.create_future(),
+            **options,
+        )
+
+    def _submit(self, item: WorkItem) -> None:
+        try:
+            self.scheduler.submit(item)
+        except QueueFull:
+            self.metrics.rejected.labels(reason="queue_full").inc()
+            raise
+        except ServiceUnavailable:
+            self.metrics.rejected.labels(reason="unavailable").inc()
+            raise
+        self.metrics.set_queue(self.scheduler.depth(), self.scheduler.pending_forwards())
+
+    async def _await(self, item: WorkItem) -> Any:
+        """Await the worker's answer until the deadline; cancel the work if we stop waiting."""
+        try:
+            return await asyncio.wait_for(item.future, max(0.0, item.deadline - time.monotonic()))
+        except TimeoutError:
+            raise deadline_error(item) from None
+        finally:
+            if not item.future.done() or item.future.cancelled():
+                self.scheduler.cancel(item)
+
+    async def _run(self, item: WorkItem) -> Any:
+        self._submit(item)
+        return await self._await(item)
+
+
+class PendingExplanation:
+    """An enqueued explanation: await ``outcome()`` for the result, ``cancel()`` to drop it."""
+
+    def __init__(
+        self,
+        service: ScoreCamService,
+        item: WorkItem,
+        model: ServedModel,
+        image: Image.Image,
+        spec: ExplainSpec,
+        layer: str,
+        started: float,
+    ) -> None:
+        self.service = service
+        self.item = item
+        self.model = model
+        self.image = image
+        self.spec = spec
+        self.layer = layer
+        self.started = started
+
+    @property
+    def request_id(self) -> str:
+        return self.item.request_id
+
+    def cancel(self) -> None:
+        self.service.scheduler.cancel(self.item)
+
+    async def outcome(self) -> ExplainOutcome:
+        output: ExplainOutput = await self.service._await(self.item)
+        model, image, spec = self.model, self.image, self.spec
+        explanations = await asyncio.to_thread(render_explanations, model, output, image, spec.outputs)
+        stats = output.results[0].stats
+        return ExplainOutcome(
+            model=model.name,
+            method=spec.method,
+            layer=self.layer,
+            width=image.width,
+            height=image.height,
+            predictions=top_predictions(model, output.probabilities, PREDICTIONS_IN_EXPLAIN),
+            explanations=explanations,
+            stats=ExplainStats(
+                channels=stats.channels,
+                forward_passes=stats.forward_passes,
+                masked_forwards=stats.forwarded,
+                skipped_constant=stats.skipped_constant,
+                skipped_duplicate=stats.skipped_duplicate,
+                skipped_by_max=stats.skipped_by_max,
+            ),
+            timing=Timing(output.queue_ms, output.compute_ms, (time.monotonic() - self.started) * 1000.0),
+            request_id=self.item.request_id,
+        )
+
+
+def top_predictions(model: ServedModel, probabilities: torch.Tensor, k: int) -> list[Prediction]:
+    values, indices = torch.topk(probabilities.float(), min(k, probabilities.numel()))
+    return [Prediction(int(i), model.label(int(i)), float(v)) for v, i in zip(values, indices)]
+
+
+def render_explanations(
+    model: ServedModel, output: ExplainOutput, image: Image.Image, outputs: frozenset[str]
+) -> list[Explanation]:
+    """Resize each map to the uploaded image and encode the asked-for outputs (thread pool)."""
+    explanations = []
+    for result in output.results:
+        array = resize_map(result.map, image.width, image.height)
+        explanations.append(
+            Explanation(
+                class_index=result.class_index,
+                label=model.label(result.class_index),
+                score=float(result.score),
+                heatmap_png=heatmap_png(array) if "heatmap" in outputs else None,
+                overlay_png=overlay_png(array, image) if "overlay" in outputs else None,
+                raw=raw_map(array) if "raw" in outputs else None,
+            )
+        )
+    return explanations
+
+
+

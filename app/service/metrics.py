@@ -1,0 +1,76 @@
+"""Prometheus metrics of one app instance (its own registry, so test apps never collide)."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from collections.abc import Callable
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def process_memory_bytes() -> float:
+    """Peak resident memory of the process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def device_memory_reader(device: torch.device) -> Callable[[], float]:
+    """Bytes allocated on the device: CUDA's allocator, or the process's memory on the CPU."""
+    if device.type == "cuda":
+        return lambda: float(torch.cuda.memory_allocated(device))
+    return process_memory_bytes
+
+
+class ServiceMetrics:
+    """Every metric the service exports, registered on a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "scorecam_requests", "HTTP requests by endpoint and status.", ["endpoint", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "scorecam_request_duration_seconds", "HTTP request latency.", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("scorecam_queue_requests", "Requests queued or running in the worker.", registry=r)
+        self.queue_forwards = Gauge(
+            "scorecam_queue_pending_forwards", "Forward passes the queued and running requests still need.", registry=r
+        )
+        self.batch_size = Histogram(
+            "scorecam_batch_size", "Inputs per forward batch, by kind.", ["kind"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.masked_forwards = Counter(
+            "scorecam_masked_forwards", "Masked forward passes run (rate() gives them per second).", registry=r
+        )
+        self.rejected = Counter("scorecam_rejected", "Requests refused by backpressure, by reason.", ["reason"], registry=r)
+        self.worker_restarts = Counter("scorecam_worker_restarts", "Times the worker thread was restarted.", registry=r)
+        self.ready = Gauge("scorecam_ready", "1 when the service accepts work.", registry=r)
+        self.device_memory = Gauge(
+            "scorecam_device_memory_bytes", "Memory in use on the device (peak RSS on the CPU).", ["device"], registry=r
+        )
+
+    def watch_device(self, device: torch.device) -> None:
+        """Read the device's memory at scrape time."""
+        self.device_memory.labels(device=str(device)).set_function(device_memory_reader(device))
+
+    def observe_batch(self, kind: str, size: int) -> None:
+        self.batch_size.labels(kind=kind).observe(size)
+
+    def set_queue(self, depth: int, forwards: int) -> None:
+        self.queue_depth.set(depth)
+        self.queue_forwards.set(forwards)
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint=endpoint, method=method, status=str(status)).inc()
+        self.latency.labels(endpoint=endpoint).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

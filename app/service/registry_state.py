@@ -1,0 +1,187 @@
+"""The models this process serves: loaded once, kept warm on the device, described for the API.
+
+Only the worker thread runs their code; the event loop reads the descriptions (names, layers,
+sizes), which never change after loading.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel, ScoreCAM
+from app.cam.base import BaseCAM
+from app.errors import UnknownLayer, UnknownModel
+from app.models.loaded import LoadedModel
+
+log = logging.getLogger(__name__)
+CAM_CACHE_SIZE = 32
+
+
+class ModelSource(Protocol):
+    """What the store needs from a registry (app.models' default registry fits)."""
+
+    def names(self) -> list[str]: ...
+
+    def load(self, name: str, weights: Any = "default", allow_download: bool = False) -> LoadedModel: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class ServedModel:
+    """One loaded model on its device, with its explainers cached by options."""
+
+    name: str
+    loaded: LoadedModel
+    inference: InferenceModel
+    is_default: bool
+    layers: list[str]
+    layer_set: frozenset[str]
+    layer_channels: dict[str, int] = field(default_factory=dict)
+    _cams: OrderedDict[tuple[Any, ...], BaseCAM] = field(default_factory=OrderedDict)
+
+    @property
+    def input_size(self) -> int:
+        return self.loaded.preprocessing.input_size
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.loaded.labels)
+
+    def label(self, index: int) -> str:
+        return self.loaded.labels[index]
+
+    def check_layer(self, layer: str | None) -> str:
+        """The layer to explain: the default, or a valid name (UnknownLayer lists close ones)."""
+        if layer is None:
+            return self.loaded.default_layer
+        if layer not in self.layer_set:
+            raise UnknownLayer(layer, self.layers)
+        return layer
+
+    def channels_estimate(self, layer: str) -> int:
+        """Masked forwards a full Score-CAM on ``layer`` may need (learned from past runs)."""
+        if layer in self.layer_channels:
+            return self.layer_channels[layer]
+        known = list(self.layer_channels.values())
+        return max(known) if known else 1024
+
+    def scorecam(self, layer: str, weighting: str, precision: str | None, max_channels: int | None) -> ScoreCAM:
+        key = ("scorecam", layer, weighting, precision, max_channels)
+        return self._cached(key, lambda: ScoreCAM(self.inference, layer, weighting, precision, max_channels))  # type: ignore[return-value]
+
+    def gradient_cam(self, method: str, layer: str) -> BaseCAM:
+        key = (method, layer)
+        kind = GradCAMPlusPlus if method == "gradcam++" else GradCAM
+        return self._cached(key, lambda: kind(self.inference, layer))
+
+    def _cached(self, key: tuple[Any, ...], build: Any) -> BaseCAM:
+        cam = self._cams.get(key)
+        if cam is None:
+            cam = build()
+            self._cams[key] = cam
+            if len(self._cams) > CAM_CACHE_SIZE:
+                self._cams.popitem(last=False)
+        else:
+            self._cams.move_to_end(key)
+        return cam
+
+    def describe(self) -> dict[str, Any]:
+        """The API's model entry."""
+        return {
+            "name": self.name,
+            "default": self.is_default,
+            "device": str(self.inference.device),
+            "precision": self.inference.precision,
+            "input_size": self.input_size,
+            "num_classes": self.num_classes,
+            "target_layer": self.loaded.default_layer,
+            "layers": list(self.layers),
+        }
+
+
+class ModelStore:
+    """Loads the configured models (in the worker thread) and looks them up by name."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        names: list[str],
+        default: str,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int | None = None,
+        allow_download: bool = False,
+    ) -> None:
+        self.source = source
+        self.names = list(names)
+        self.default = default
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.batch_size = batch_size
+        self.allow_download = allow_download
+        self._models: dict[str, ServedModel] = {}
+        self._lock = threading.Lock()
+
+    def check_names(self) -> None:
+        """Fail fast at start-up on a model name the registry does not know."""
+        entry = getattr(self.source, "entry", None)
+        known = self.source.names()
+        for name in self.names:
+            if callable(entry):
+                entry(name)  # also accepts names a registry builds on demand ("timm/<model>")
+            elif name not in known:
+                raise UnknownModel(name, known)
+
+    def load_all(self) -> None:
+        """Build every configured model on the device (idempotent: a restart reuses them)."""
+        for name in self.names:
+            if name in self._models:
+                continue
+            log.info("loading model %s on %s", name, self.device)
+            loaded = self.source.load(name, weights="default", allow_download=self.allow_download)
+            inference = InferenceModel(
+                loaded.module,
+                device=self.device,
+                precision=self.precision,
+                batch_size=self.batch_size if self.batch_size is not None else "auto",
+                input_size=loaded.preprocessing.input_size,
+            )
+            layers = loaded.layer_names()
+            with self._lock:
+                self._models[name] = ServedModel(
+                    name=name,
+                    loaded=loaded,
+                    inference=inference,
+                    is_default=name == self.default,
+                    layers=layers,
+                    layer_set=frozenset(layers),
+                )
+
+    @property
+    def loaded(self) -> bool:
+        return all(name in self._models for name in self.names)
+
+    def get(self, name: str | None) -> ServedModel:
+        """The named model (or the default); UnknownModel lists the served names."""
+        key = name or self.default
+        with self._lock:
+            model = self._models.get(key)
+        if model is None:
+            raise UnknownModel(key, self.names)
+        return model
+
+    def all(self) -> list[ServedModel]:
+        with self._lock:
+            return [self._models[n] for n in self.names if n in self._models]

@@ -1,0 +1,303 @@
+"""The worker's queue: admission (backpressure), fair lane selection, deadlines, batch history.
+
+Shared by the event loop (submit, cancel) and the worker thread (everything else) under one
+condition variable; nothing here runs model code. The queue is bounded by pending masked forward
+passes, not only by request count, because one explanation can cost a thousand forwards and a
+prediction costs one.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from app.errors import Cancelled, DeadlineExceeded, QueueFull, ScoreCamError, ServiceUnavailable
+from app.service.work import WorkItem
+
+Lane = tuple[str, str]
+DEFAULT_FORWARDS_PER_S = 50.0  # before the first measurement
+MIN_BATCHES_MEASURED = 5  # batches before the throughput estimate is trusted for admission
+MAX_RETRY_AFTER_S = 300
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One forward batch: which requests it served and how many inputs it held."""
+
+    seq: int
+    kind: str
+    model: str
+    request_ids: tuple[str, ...]
+    size: int
+    seconds: float
+    at: float = field(default_factory=time.monotonic)
+
+
+class Scheduler:
+    """Bounded, thread-safe work queue with round-robin lanes."""
+
+    def __init__(self, max_forwards: int, max_requests: int, history_size: int = 512) -> None:
+        self.max_forwards = max_forwards
+        self.max_requests = max_requests
+        self.cond = threading.Condition()
+        self._pending: list[WorkItem] = []  # not started, FIFO
+        self._active: list[WorkItem] = []  # started Score-CAM jobs
+        self._open: dict[int, WorkItem] = {}  # every admitted, unsettled item
+        self._lanes: list[Lane] = []  # order of first appearance, for round robin
+        self._last_lane: Lane | None = None
+        self._group_turn: int = 0
+        self._history: deque[BatchRecord] = deque(maxlen=history_size)
+        self._batch_seq = 0
+        self._closed_reason: str | None = "the service is starting"
+        self._stopping = False
+        self._forwards_per_s = DEFAULT_FORWARDS_PER_S
+        self._batches_measured = 0
+
+    # ---- event-loop side -------------------------------------------------------------------
+
+    def submit(self, item: WorkItem) -> None:
+        """Admit an item or raise at once: ServiceUnavailable when closed, QueueFull when full."""
+        with self.cond:
+            if self._closed_reason is not None:
+                raise ServiceUnavailable(self._closed_reason, retry_after_s=self._retry_after(self._backlog()))
+            backlog = self._backlog()
+            if len(self._open) >= self.max_requests:
+                raise QueueFull(
+                    f"the queue holds {len(self._open)} requests, its limit (SCORECAM_MAX_QUEUE_REQUESTS); "
+                    "retry later",
+                    retry_after_s=self._retry_after(backlog),
+                )
+            if self._open and backlog + item.cost > self.max_forwards:
+                raise QueueFull(
+                    f"the queue holds {backlog} pending forward passes and this request needs about "
+                    f"{item.cost}; the limit is {self.max_forwards} (SCORECAM_MAX_QUEUE_FORWARDS); retry later",
+                    retry_after_s=self._retry_after(backlog),
+                )
+            wait = self._estimated_finish_s(item, backlog)
+            if wait is not None and wait > item.deadline - time.monotonic():
+                raise QueueFull(
+                    f"the queue holds about {wait:.0f} s of work for this request, more than its deadline allows "
+                    "(SCORECAM_REQUEST_TIMEOUT_S); retry later or ask for less work (max_channels)",
+                    retry_after_s=self._retry_after(backlog),
+                )
+            self._open[id(item)] = item
+            self._pending.append(item)
+            if item.lane not in self._lanes:
+                self._lanes.append(item.lane)
+            self.cond.notify_all()
+
+    def cancel(self, item: WorkItem) -> None:
+        """Drop an item now (deadline passed or client gone); frees its queue capacity at once."""
+        with self.cond:
+            item.cancel()
+            self._open.pop(id(item), None)
+            if item in self._pending:
+                self._pending.remove(item)
+            self.cond.notify_all()
+
+    def pending_forwards(self) -> int:
+        with self.cond:
+            return self._backlog()
+
+    def depth(self) -> int:
+        with self.cond:
+            return len(self._open)
+
+    def retry_after_s(self) -> int:
+        with self.cond:
+            return self._retry_after(self._backlog())
+
+    def open(self) -> None:
+        """Start accepting work (after warm-up)."""
+        with self.cond:
+            self._closed_reason = None
+            self._stopping = False
+            self.cond.notify_all()
+
+    def close(self, reason: str) -> None:
+        """Stop accepting new work; queued and running work continues."""
+        with self.cond:
+            self._closed_reason = reason
+            self.cond.notify_all()
+
+    @property
+    def accepting(self) -> bool:
+        return self._closed_reason is None
+
+    def history(self) -> list[BatchRecord]:
+        with self.cond:
+            return list(self._history)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing is open (for draining); True when idle."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self._open:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.cond.wait(remaining)
+            return True
+
+    # ---- worker side -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Wake the worker and make it leave its loop."""
+        with self.cond:
+            self._stopping = True
+            self.cond.notify_all()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def purge(self, now: float) -> list[tuple[WorkItem, ScoreCamError]]:
+        """Remove expired and cancelled items from the queue and the active set."""
+        dropped: list[tuple[WorkItem, ScoreCamError]] = []
+        with self.cond:
+            for item in list(self._open.values()):
+                if item.cancelled:
+                    dropped.append((item, Cancelled("the request was cancelled")))
+                elif item.expired(now):
+                    dropped.append((item, deadline_error(item)))
+            for item, _ in dropped:
+                self._forget(item)
+        return dropped
+
+    def next_lane(self, timeout: float) -> Lane | None:
+        """The next lane with work after the last one served (round robin); waits for work."""
+        with self.cond:
+            if not self._has_work() and not self._stopping:
+                self.cond.wait(timeout)
+            busy = [lane for lane in self._lanes if self._lane_has_work(lane)]
+            if not busy or self._stopping:
+                return None
+            start = self._lanes.index(self._last_lane) + 1 if self._last_lane in self._lanes else 0
+            ordered = self._lanes[start:] + self._lanes[:start]
+            lane = next(lane for lane in ordered if lane in busy)
+            self._last_lane = lane
+            return lane
+
+    def take_pending(self, lane: Lane, limit: int, fill_wait_s: float = 0.0) -> list[WorkItem]:
+        """Up to ``limit`` queued items of a lane, oldest first.
+
+        With ``fill_wait_s`` > 0 and nothing else to do, waits until the batch is full or the
+        oldest item has waited that long (the dynamic batcher's max delay).
+        """
+        with self.cond:
+            while fill_wait_s > 0 and not self._stopping:
+                items = [i for i in self._pending if i.lane == lane]
+                if not items or len(items) >= limit or self._other_work(lane):
+                    break
+                remaining = items[0].enqueued_at + fill_wait_s - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.cond.wait(remaining)
+            taken = [i for i in self._pending if i.lane == lane][:limit]
+            for item in taken:
+                self._pending.remove(item)
+            return taken
+
+    def activate(self, item: WorkItem) -> None:
+        """A started Score-CAM job joins the active set (its masked batches are pending)."""
+        with self.cond:
+            if id(item) in self._open:
+                self._active.append(item)
+
+    def next_group(self, model: str) -> list[WorkItem]:
+        """The active jobs of one model that can share a batch, groups taken in turn."""
+        with self.cond:
+            groups: dict[object, list[WorkItem]] = {}
+            for item in self._active:
+                if item.model == model:
+                    groups.setdefault(item.group, []).append(item)
+            if not groups:
+                return []
+            self._group_turn += 1
+            keys = list(groups)
+            return groups[keys[self._group_turn % len(keys)]]
+
+    def finish(self, item: WorkItem) -> None:
+        """Forget a settled item (its capacity is free again)."""
+        with self.cond:
+            self._forget(item)
+
+    def drain_all(self) -> list[WorkItem]:
+        """Remove and return every open item (the worker died or the service stops)."""
+        with self.cond:
+            items = list(self._open.values())
+            self._pending.clear()
+            self._active.clear()
+            self._open.clear()
+            self.cond.notify_all()
+            return items
+
+    def record_batch(self, kind: str, model: str, items: list[WorkItem], size: int, seconds: float) -> BatchRecord:
+        """Keep the batch's composition and update the measured throughput."""
+        with self.cond:
+            self._batch_seq += 1
+            record = BatchRecord(self._batch_seq, kind, model, tuple(i.request_id for i in items), size, seconds)
+            self._history.append(record)
+            if kind == "scorecam" and seconds > 0:
+                rate = size / seconds
+                first = self._batches_measured == 0
+                self._forwards_per_s = rate if first else 0.8 * self._forwards_per_s + 0.2 * rate
+                self._batches_measured += 1
+            return record
+
+    def update_remaining(self, item: WorkItem, remaining: int) -> None:
+        with self.cond:
+            item.remaining = max(0, remaining)
+            self.cond.notify_all()
+
+    # ---- internals (hold the lock) ---------------------------------------------------------
+
+    def _forget(self, item: WorkItem) -> None:
+        self._open.pop(id(item), None)
+        if item in self._pending:
+            self._pending.remove(item)
+        if item in self._active:
+            self._active.remove(item)
+        self.cond.notify_all()
+
+    def _backlog(self) -> int:
+        return sum(item.remaining for item in self._open.values())
+
+    def _retry_after(self, backlog: int) -> int:
+        seconds = backlog / max(self._forwards_per_s, 1e-3)
+        return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(seconds))))
+
+    def _estimated_finish_s(self, item: WorkItem, backlog: int) -> float | None:
+        """Seconds until ``item`` would finish, once the throughput has been measured.
+
+        Jobs share batches fairly, so a request waits for at most the whole backlog, and for
+        less when it is small: about its own cost times the number of jobs sharing the device.
+        """
+        if self._batches_measured < MIN_BATCHES_MEASURED or item.kind == "predict":
+            return None
+        sharing = len(self._open) + 1
+        forwards = min(backlog + item.cost, item.cost * sharing)
+        return forwards / max(self._forwards_per_s, 1e-3)
+
+    def _has_work(self) -> bool:
+        return bool(self._pending or self._active)
+
+    def _lane_has_work(self, lane: Lane) -> bool:
+        if any(item.lane == lane for item in self._pending):
+            return True
+        return any(item.lane == lane for item in self._active)
+
+    def _other_work(self, lane: Lane) -> bool:
+        return any(item.lane != lane for item in self._pending) or bool(self._active)
+
+
+def deadline_error(item: WorkItem) -> DeadlineExceeded:
+    waited = time.monotonic() - item.enqueued_at
+    where = "while queued" if item.started_at is None else "while running"
+    return DeadlineExceeded(
+        f"the request's deadline passed {where} after {waited:.1f} s; raise SCORECAM_REQUEST_TIMEOUT_S "
+        "or ask for less work (max_channels, fewer classes)"
+    )

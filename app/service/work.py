@@ -1,0 +1,124 @@
+"""Work items: what a request hands to the worker thread, and how results travel back.
+
+An item is created on the event loop, queued, executed in the worker thread and settled back on
+the loop with ``loop.call_soon_threadsafe`` so the asyncio future is only touched by its own loop.
+Cancellation goes the other way through a flag the worker checks between batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from app.errors import ScoreCamError
+
+ProgressCallback = Callable[[int, int], None]
+ItemKind = Literal["predict", "scorecam", "grad"]
+
+_ids = itertools.count(1)
+
+
+def next_request_id() -> str:
+    """A short id, unique in this process, recorded in the batch history."""
+    return f"r{next(_ids)}"
+
+
+@dataclass(eq=False)
+class WorkItem:
+    """One request's work: its input, deadline, cost estimate and the future to settle."""
+
+    kind: ItemKind
+    model: str
+    x: torch.Tensor
+    deadline: float
+    cost: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    request_id: str = field(default_factory=next_request_id)
+    enqueued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    cancelled: bool = False
+    remaining: int = 0
+    # predict
+    top_k: int = 5
+    # explanations
+    method: str = "scorecam"
+    classes: list[int] | None = None
+    layer: str | None = None
+    precision: str | None = None
+    weighting: str = "probability"
+    max_channels: int | None = None
+    progress: ProgressCallback | None = None
+    job: Any = None
+    group: Any = None
+
+    def __post_init__(self) -> None:
+        self.remaining = self.cost
+
+    @property
+    def lane(self) -> tuple[str, str]:
+        """Items in one lane may share a batch: same kind, same model."""
+        return (self.kind, self.model)
+
+    def expired(self, now: float) -> bool:
+        return now >= self.deadline
+
+    def cancel(self) -> None:
+        """Ask the worker to drop this item at its next step (called from the event loop)."""
+        self.cancelled = True
+
+    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
+        """Hand the outcome to the awaiting coroutine, from any thread."""
+        try:
+            self.loop.call_soon_threadsafe(_settle_future, self.future, result, error)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    def report_progress(self, done: int, total: int) -> None:
+        """Forward the worker's progress to the request (its callback runs on the loop)."""
+        if self.progress is None:
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.progress, done, total)
+        except RuntimeError:
+            pass
+
+
+def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class InternalError(ScoreCamError):
+    """An unexpected failure while computing one request (a bug or a device error)."""
+
+    code = "internal_error"
+
+
+@dataclass(frozen=True)
+class PredictOutput:
+    """Softmax probabilities of one image, on the CPU."""
+
+    probabilities: torch.Tensor
+    queue_ms: float
+    compute_ms: float
+
+
+@dataclass(frozen=True)
+class ExplainOutput:
+    """The engine's results for one image, with the probabilities behind the predictions."""
+
+    probabilities: torch.Tensor
+    results: list[Any]
+    queue_ms: float
+    compute_ms: float

@@ -1,0 +1,95 @@
+"""API test fixtures: apps on the tiny model, a running lifespan, real photos as upload bytes."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from PIL import Image
+
+from app.config import Settings
+from app.main import create_app
+
+from .tinynet import GATES, Gate, tiny_registry
+
+FAST = {
+    "models": ["tiny"],
+    "device": "cpu",
+    "precision": "fp32",
+    "tune_batch_size": False,
+    "explain_batch_size": 4,
+    "warmup_max_channels": 2,
+    "max_batch_wait_ms": 2.0,
+}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def tiny_settings(**overrides: Any) -> Settings:
+    return Settings(**{**FAST, **overrides})
+
+
+def tiny_app(*names: str, **overrides: Any) -> FastAPI:
+    names = names or ("tiny",)
+    return create_app(tiny_settings(models=list(names), **overrides), model_source=tiny_registry(*names))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it holds or the deadline passes (never a bare sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
+
+
+async def await_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    import anyio
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await anyio.sleep(0.005)
+
+
+@asynccontextmanager
+async def serving(app: FastAPI, ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan and yield a client over ASGITransport; optionally wait for ready."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            if ready:
+                ok = await app.state.service.supervisor.wait_ready(60)
+                assert ok, app.state.service.not_ready_reason()
+            yield client
+
+
+def image_bytes(image: Image.Image, fmt: str = "PNG", **save: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def cat_png(cat_photo: Image.Image) -> bytes:
+    """skimage's chelsea.png: a 451x300 photo of a cat."""
+    return image_bytes(cat_photo)
+
+
+@pytest.fixture
+def gate() -> Gate:
+    g = GATES.get("tiny") or Gate("tiny")
+    g.open()
+    g.delay_s = 0.0
+    yield g
+    g.open()
