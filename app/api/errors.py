@@ -85,7 +85,13 @@ def error_headers(error: domain.ScoreCamError) -> dict[str, str]:
 
 
 def error_response(error: domain.ScoreCamError) -> JSONResponse:
-    return JSONResponse(error_body(error.code, error.message), status_of(error), headers=error_headers(error))
+    body = error_body(error.code, error.message)
+    headers = error_headers(error)
+    request_id = getattr(error, "request_id", None)
+    if request_id:  # a 500 names the request, so the operator finds its traceback in the log
+        body["error"]["request_id"] = request_id
+        headers["X-Request-ID"] = request_id
+    return JSONResponse(body, status_of(error), headers=headers)
 
 
 def validation_details(errors: list[Any]) -> list[dict[str, Any]]:

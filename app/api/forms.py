@@ -74,19 +74,24 @@ async def _read_json(request: Request, model: type[Options]) -> tuple[bytes, Opt
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidOption(f"the body is not valid JSON: {exc}") from exc
+    except RecursionError:  # "[[[[...]]]]": nesting deeper than the parser's recursion limit
+        raise InvalidOption("the JSON body is nested too deeply; send a flat object with 'image' and options") from None
     if not isinstance(payload, dict):
         raise InvalidOption("the JSON body must be an object with an 'image' field (base64) and options")
     image = payload.pop("image", None)
     if not isinstance(image, str) or not image:
         raise InvalidImage("the JSON body needs an 'image' field holding the image file's bytes as base64")
-    options = validate_options(model, payload)
+    options = validate_options(model, payload, strict=True)  # JSON has types: true is not 1, "3" not 3
     return decode_base64(image), options
 
 
-def validate_options(model: type[Options], fields: dict[str, Any]) -> Options:
-    """Options through the pydantic model; errors become the usual 422 with details."""
+def validate_options(model: type[Options], fields: dict[str, Any], strict: bool = False) -> Options:
+    """Options through the pydantic model; errors become the usual 422 with details.
+
+    Form fields are text, so they are coerced ("3" -> 3); JSON values must have the schema's types.
+    """
     try:
-        return model.model_validate(fields)
+        return model.model_validate(fields, strict=strict)
     except ValidationError as exc:
         errors = [dict(e, loc=("body", *e.get("loc", ()))) for e in exc.errors(include_input=False, include_url=False)]
         raise RequestValidationError(errors) from None

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 
 from app.api.schemas import ErrorResponse
 
-SMALL_PNG_BASE64 = (
-    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEklEQVR4nGP8z4AKmBgoFQAAZfABD/d3aVsAAAAASUVORK5CYII="
+SMALL_PNG_BASE64 = (  # a valid 8x8 PNG (tests/hardening/test_fuzz.py decodes it)
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mM8UaHBgA0wMeAAg1MCAB4nAXgllso1AAAAAElFTkSuQmCC"
 )
 
 
@@ -48,6 +48,7 @@ def request_body(json_model: type[BaseModel], list_fields: frozenset[str], examp
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
+        400: "Malformed multipart body (no boundary, more than one file, too many fields).",
         401: "Missing or wrong API key.",
         404: "Unknown model.",
         413: "Upload or image too large.",

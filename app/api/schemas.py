@@ -77,6 +77,7 @@ class ErrorInfo(BaseModel):
     code: str = Field(examples=["unknown_model"])
     message: str = Field(examples=["unknown model 'resnet'; did you mean 'resnet18'?"])
     details: list[dict[str, str]] | None = None
+    request_id: str | None = Field(default=None, description="Set on 500 errors: the id the server log names.")
 
 
 class ErrorResponse(BaseModel):

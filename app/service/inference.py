@@ -55,6 +55,7 @@ class ScoreCamService:
             precision=settings.precision,
             batch_size=settings.explain_batch_size,
             allow_download=settings.allow_download,
+            on_oom=metrics.observe_oom_split,
         )
         self.scheduler = Scheduler(settings.max_queue_forwards, settings.max_queue_requests, settings.batch_history)
         self.supervisor = Supervisor(self.scheduler, metrics, self._make_worker)

@@ -52,6 +52,12 @@ class ServiceMetrics:
         )
         self.rejected = Counter("scorecam_rejected", "Requests refused by backpressure, by reason.", ["reason"], registry=r)
         self.worker_restarts = Counter("scorecam_worker_restarts", "Times the worker thread was restarted.", registry=r)
+        self.oom_splits = Counter(
+            "scorecam_oom_splits",
+            "Forward batches halved after the device ran out of memory, by model.",
+            ["model"],
+            registry=r,
+        )
         self.ready = Gauge("scorecam_ready", "1 when the service accepts work.", registry=r)
         self.device_memory = Gauge(
             "scorecam_device_memory_bytes", "Memory in use on the device (peak RSS on the CPU).", ["device"], registry=r
@@ -60,6 +66,10 @@ class ServiceMetrics:
     def watch_device(self, device: torch.device) -> None:
         """Read the device's memory at scrape time."""
         self.device_memory.labels(device=str(device)).set_function(device_memory_reader(device))
+
+    def observe_oom_split(self, model: str, batch_size: int) -> None:
+        """Called by the engine (worker thread) after it halved a batch to ``batch_size``."""
+        self.oom_splits.labels(model=model).inc()
 
     def observe_batch(self, kind: str, size: int) -> None:
         self.batch_size.labels(kind=kind).observe(size)

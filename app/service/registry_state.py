@@ -6,9 +6,11 @@ sizes), which never change after loading.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -123,8 +125,10 @@ class ModelStore:
         precision: str = "auto",
         batch_size: int | None = None,
         allow_download: bool = False,
+        on_oom: Callable[[str, int], None] | None = None,
     ) -> None:
         self.source = source
+        self.on_oom = on_oom  # (model name, new batch size) after each out-of-memory halving
         self.names = list(names)
         self.default = default
         self.device = resolve_device(device)
@@ -158,6 +162,8 @@ class ModelStore:
                 batch_size=self.batch_size if self.batch_size is not None else "auto",
                 input_size=loaded.preprocessing.input_size,
             )
+            if self.on_oom is not None:
+                inference.on_oom = functools.partial(self.on_oom, name)
             layers = loaded.layer_names()
             with self._lock:
                 self._models[name] = ServedModel(

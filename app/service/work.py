@@ -104,6 +104,10 @@ class InternalError(ScoreCamError):
 
     code = "internal_error"
 
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
 
 @dataclass(frozen=True)
 class PredictOutput:

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -112,17 +113,40 @@ class Worker:
         for item in items:
             item.started_at = started
         try:
-            logits = model.inference.predict_logits(torch.stack([i.x for i in items]))
-            probabilities = torch.softmax(logits.float(), dim=1).cpu()
-        except Exception as exc:  # noqa: BLE001 - one bad batch fails its requests, not the worker
-            self._fail(items, exc)
+            probabilities = self._probabilities(model, items)
+        except Exception as exc:  # noqa: BLE001 - one bad input fails its own request, not the batch
+            if len(items) == 1:
+                self._fail(items, exc)
+                return
+            log.warning("a prediction batch of %d failed (%s); running its requests one at a time", len(items), exc)
+            for item in items:
+                self._predict_alone(model, item)
             return
+        self._settle_predictions(model, items, probabilities, started)
+
+    def _probabilities(self, model: ServedModel, items: list[WorkItem]) -> torch.Tensor:
+        logits = model.inference.predict_logits(torch.stack([i.x for i in items]))
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+    def _predict_alone(self, model: ServedModel, item: WorkItem) -> None:
+        started = time.monotonic()
+        try:
+            probabilities = self._probabilities(model, [item])
+        except Exception as exc:  # noqa: BLE001
+            self._fail([item], exc)
+            return
+        self._settle_predictions(model, [item], probabilities, started)
+
+    def _settle_predictions(
+        self, model: ServedModel, items: list[WorkItem], probabilities: torch.Tensor, started: float
+    ) -> None:
         finished = time.monotonic()
         self.scheduler.record_batch("predict", model.name, items, len(items), finished - started)
         self.metrics.observe_batch("predict", len(items))
         for index, item in enumerate(items):
+            queued_since = item.started_at if item.started_at is not None else started
             item.settle(
-                PredictOutput(probabilities[index], ms_since(item.enqueued_at, started), ms_since(started, finished))
+                PredictOutput(probabilities[index], ms_since(item.enqueued_at, queued_since), ms_since(started, finished))
             )
             self.scheduler.finish(item)
 
@@ -138,19 +162,48 @@ class Worker:
         started = time.monotonic()
         try:
             chunks = fill_batch([item.job for item in group], batch_size)
-            run_batch(chunks)
         except Exception as exc:  # noqa: BLE001
             self._fail(group, exc)
             return
-        seconds = time.monotonic() - started
-        size = sum(len(chunk) for chunk in chunks)
         jobs_in_batch = {id(chunk.job) for chunk in chunks}
         members = [item for item in group if id(item.job) in jobs_in_batch]
+        done_before = {id(item.job): item.job.done for item in members}
+        try:
+            run_batch(chunks)
+        except Exception as exc:  # noqa: BLE001
+            if len(members) == 1:
+                self._fail(members, exc)
+                return
+            log.warning("a masked batch shared by %d requests failed (%s); running them one at a time", len(members), exc)
+            members = self._run_alone(members, chunks, done_before, exc)
+            if not members:
+                return
+        seconds = time.monotonic() - started
+        size = sum(len(chunk) for chunk in chunks if any(chunk.job is item.job for item in members))
         self.scheduler.record_batch("scorecam", model.name, members, size, seconds)
         self.metrics.observe_batch("scorecam", size)
         self.metrics.masked_forwards.inc(size)
         for item in members:
             self._advance(model, item)
+
+    def _run_alone(
+        self, members: list[WorkItem], chunks: list[Any], done_before: dict[int, int], exc: Exception
+    ) -> list[WorkItem]:
+        """Re-run a failed shared batch one request at a time, so only the request that fails
+        fails; returns the requests whose chunks then ran."""
+        survivors = []
+        for item in members:
+            own = [chunk for chunk in chunks if chunk.job is item.job]
+            if item.job.done != done_before[id(item.job)]:
+                self._fail([item], exc)  # partly recorded before the failure: its scores are not trusted
+                continue
+            try:
+                run_batch(own)
+            except Exception as alone:  # noqa: BLE001
+                self._fail([item], alone)
+                continue
+            survivors.append(item)
+        return survivors
 
     def _start_job(self, model: ServedModel, item: WorkItem) -> None:
         """One base forward and the channel plan; the masked batches come later."""
@@ -217,12 +270,16 @@ class Worker:
     # ---- failures ------------------------------------------------------------------------
 
     def _fail(self, items: list[WorkItem], exc: Exception) -> None:
-        """A request-level failure: domain errors pass through, anything else becomes a 500."""
-        if isinstance(exc, ScoreCamError):
-            error: ScoreCamError = exc
-        else:
-            log.exception("request failed in the worker", exc_info=exc)
-            error = InternalError(f"the worker failed on this request: {type(exc).__name__}: {exc}")
+        """A request-level failure: domain errors pass through, anything else becomes a 500 that
+        names the request id, which the log line carries too (one line per request)."""
         for item in items:
+            if isinstance(exc, ScoreCamError):
+                error: ScoreCamError = exc
+            else:
+                log.error("request %s failed in the worker: %s: %s", item.request_id, type(exc).__name__, exc, exc_info=exc)
+                error = InternalError(
+                    f"the worker failed on request {item.request_id}: {type(exc).__name__}: {exc}",
+                    request_id=item.request_id,
+                )
             item.settle(error=error)
             self.scheduler.finish(item)

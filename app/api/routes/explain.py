@@ -33,7 +33,7 @@ With `Accept: text/event-stream` the answer is a stream of Server-Sent Events: `
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {MEDIA_TYPE: {"schema": {"type": "string"}, "example": 'event: progress\ndata: {"done":64,"total":812}\n\n'}}},
-    **error_responses(401, 404, 413, 415, 422, 503, 504),
+    **error_responses(400, 401, 404, 413, 415, 422, 503, 504),
 }
 
 

@@ -24,7 +24,7 @@ router = APIRouter(tags=["inference"])
     description="Softmax probabilities of the top_k classes, with the model's evaluation preprocessing "
     "(resize, centre crop). Send multipart/form-data (file field `image`) or JSON (`image` in base64).",
     openapi_extra=request_body(PredictJSON, frozenset(), {"model": "efficientnet_lite0", "top_k": 5}),
-    responses=error_responses(401, 404, 413, 415, 422, 503, 504),
+    responses=error_responses(400, 401, 404, 413, 415, 422, 503, 504),
 )
 async def predict(request: Request, service: ServiceDep, settings: SettingsDep) -> PredictResponse:
     data, options = await read_image_request(request, PredictOptions)
