@@ -35,9 +35,21 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel, MaskChunk, ScoreCAM, run_jobs  # noqa: E402
-from app.cam.faithfulness import Faithfulness, FaithfulnessJob, faithfulness_forward_passes, summarise  # noqa: E402
-from app.models import default_registry  # noqa: E402
+from app.cam import (
+    GradCAM,
+    GradCAMPlusPlus,
+    InferenceModel,
+    MaskChunk,
+    ScoreCAM,
+    run_jobs,
+)
+from app.cam.faithfulness import (
+    Faithfulness,
+    FaithfulnessJob,
+    faithfulness_forward_passes,
+    summarise,
+)
+from app.models import default_registry
 
 SAMPLES = ROOT.parent / "shared" / "eval" / "imagenet-samples"
 OUT = ROOT / "bench" / "out" / "faithfulness"
@@ -206,7 +218,8 @@ def main() -> None:
     mean = torch.tensor(loaded.preprocessing.mean)[:, None, None]
     std = torch.tensor(loaded.preprocessing.std)[:, None, None]
     plot_overlays(examples, [r.name for r in rows], mean, std, args.out / "overlays.png")
-    print(f"\nwrote {args.out / 'summary.json'}, {args.out / 'curves.png'}, {args.out / 'overlays.png'}")
+    written = [p for p in ("summary.json", "curves.png", "overlays.png") if (args.out / p).is_file()]
+    print(f"\nwrote {', '.join(written)} under {args.out}")
 
 
 def print_table(rows, summaries, forwards, seconds, model, per_metric, args, wall, per_image) -> None:  # type: ignore[no-untyped-def]
@@ -214,13 +227,13 @@ def print_table(rows, summaries, forwards, seconds, model, per_metric, args, wal
     correct = sum(r["correct"] for r in per_image)
     print(f"\nFaithfulness on {n} photos of imagenet-samples ({correct} predicted correctly), efficientnet_lite0, "
           f"explaining the predicted class; step {args.step:g}, baseline {args.baseline}; {wall / 60:.1f} min in all")
-    head = f"{'row':<13} {'mode':<52} {'fwd/img':>7} {'s/img':>6} {'Drop↓':>6} {'Incr↑':>6} {'Ins↑':>6} {'Del↓':>6}"
+    head = f"{'row':<13} {'mode':<58} {'fwd/img':>7} {'s/img':>6} {'Drop↓':>6} {'Incr↑':>6} {'Ins↑':>6} {'Del↓':>6}"
     print(head + "   paper VGG16: Drop  Incr   Ins    Del")
     for row in rows:
         s = summaries[row.name]
         paper = PAPER.get(row.name)
         ref = f"   {paper[0]:>16.1f} {paper[1]:>5.1f} {paper[2]:>6.3f} {paper[3]:>6.3f}" if paper else ""
-        print(f"{row.name:<13} {row.mode(model):<52} {statistics.mean(forwards[row.name]):>7.0f} "
+        print(f"{row.name:<13} {row.mode(model):<58} {statistics.mean(forwards[row.name]):>7.0f} "
               f"{statistics.mean(seconds[row.name]):>6.2f} {s.average_drop:>6.1f} {s.increase:>6.1f} "
               f"{s.insertion_auc:>6.3f} {s.deletion_auc:>6.3f}{ref}")
     print(f"(+ {per_metric} forwards per row and image for the metrics; Score-CAM rows with the same channels share "

@@ -33,7 +33,13 @@ from typing import Any
 
 import torch
 
-from app.cam.deletion import PixelSchedule, area_under_curve, mixed_inputs, pixel_ranks, pixel_schedule
+from app.cam.deletion import (
+    PixelSchedule,
+    area_under_curve,
+    mixed_inputs,
+    pixel_ranks,
+    pixel_schedule,
+)
 from app.cam.inference import InferenceModel
 from app.cam.precision import resolve_precision
 from app.cam.scheduler import run_jobs

@@ -125,7 +125,7 @@ def test_deletion_and_insertion_curves(
     assert m.fractions == pytest.approx(fractions)
     assert m.deletion_curve == pytest.approx(deletion, abs=1e-6)
     assert m.insertion_curve == pytest.approx(insertion, abs=1e-6)
-    trapezoid = lambda ys: sum((fractions[i + 1] - fractions[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(ys) - 1))  # noqa: E731
+    trapezoid = lambda ys: sum((fractions[i + 1] - fractions[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(ys) - 1))
     assert m.deletion_auc == pytest.approx(trapezoid(deletion), abs=1e-6)
     assert m.insertion_auc == pytest.approx(trapezoid(insertion), abs=1e-6)
 
