@@ -4,6 +4,14 @@ See docs/ARCHITECTURE.md for the contract the service builds on.
 """
 
 from app.cam.base import BaseCAM
+from app.cam.faithfulness import (
+    Faithfulness,
+    FaithfulnessJob,
+    FaithfulnessSummary,
+    faithfulness,
+    faithfulness_forward_passes,
+    summarise,
+)
 from app.cam.grad_cam import GradCAM, GradCAMPlusPlus
 from app.cam.inference import InferenceModel
 from app.cam.precision import PRECISIONS, resolve_precision
@@ -20,14 +28,20 @@ __all__ = [
     "BaseCAM",
     "CamResult",
     "CamStats",
+    "Faithfulness",
+    "FaithfulnessJob",
+    "FaithfulnessSummary",
     "GradCAM",
     "GradCAMPlusPlus",
     "InferenceModel",
     "MaskChunk",
     "ScoreCAM",
     "ScoreCamJob",
+    "faithfulness",
+    "faithfulness_forward_passes",
     "fill_batch",
     "resolve_precision",
     "run_batch",
     "run_jobs",
+    "summarise",
 ]

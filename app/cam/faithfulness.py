@@ -242,7 +242,7 @@ def faithfulness(
         progress, cancelled: as for ``ScoreCAM.__call__``.
     """
     job = FaithfulnessJob(model, x, class_index, cam_map, step, baseline, precision)
-    run_jobs([job], lambda: batch_size or model.batch_size, progress, cancelled)  # type: ignore[list-item]
+    run_jobs([job], lambda: batch_size or model.batch_size, progress, cancelled)
     return job.result()
 
 

@@ -8,25 +8,50 @@ the whole batch and hands each chunk its slice of the logits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol
 
 import torch
 
+from app.cam.inference import InferenceModel
 from app.errors import Cancelled
 
-if TYPE_CHECKING:
-    from app.cam.score_cam import MaskChunk, ScoreCamJob
+
+class Chunk(Protocol):
+    """Inputs for a slice of one job's forwards."""
+
+    job: BatchJob
+    inputs: torch.Tensor
+
+    def __len__(self) -> int: ...
 
 
-def fill_batch(jobs: Sequence[ScoreCamJob], batch_size: int) -> list[MaskChunk]:
+class BatchJob(Protocol):
+    """Work made of forward passes that can share batches: Score-CAM masks, faithfulness curves."""
+
+    model: InferenceModel
+    precision: str
+    total: int
+
+    @property
+    def group(self) -> Hashable: ...
+
+    @property
+    def exhausted(self) -> bool: ...
+
+    def next_chunk(self, n: int) -> Chunk: ...
+
+    def record(self, chunk: Chunk, logits: torch.Tensor) -> None: ...
+
+
+def fill_batch(jobs: Sequence[BatchJob], batch_size: int) -> list[Chunk]:
     """Up to ``batch_size`` masked inputs, shared fairly among the jobs that still have masks."""
     active = [job for job in jobs if not job.exhausted]
-    chunks: list[MaskChunk] = []
+    chunks: list[Chunk] = []
     room = batch_size
     while room > 0 and active:
         share = max(1, room // len(active))
-        still: list[ScoreCamJob] = []
+        still: list[BatchJob] = []
         for job in active:
             if room == 0:
                 break
@@ -39,7 +64,7 @@ def fill_batch(jobs: Sequence[ScoreCamJob], batch_size: int) -> list[MaskChunk]:
     return chunks
 
 
-def run_batch(chunks: Sequence[MaskChunk]) -> None:
+def run_batch(chunks: Sequence[Chunk]) -> None:
     """One masked forward for all ``chunks`` (same model and precision); record every slice."""
     if not chunks:
         return
@@ -53,7 +78,7 @@ def run_batch(chunks: Sequence[MaskChunk]) -> None:
 
 
 def run_jobs(
-    jobs: Sequence[ScoreCamJob],
+    jobs: Sequence[BatchJob],
     batch_size: Callable[[], int],
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
