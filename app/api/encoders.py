@@ -8,6 +8,7 @@ from app.api.schemas import (
     ExplainOptions,
     ExplainResponse,
     ExplanationOut,
+    MetricsOut,
     PredictionOut,
     PredictResponse,
     RawMapOut,
@@ -28,6 +29,8 @@ def explain_spec(options: ExplainOptions) -> ExplainSpec:
         precision=options.precision,
         weighting=options.weighting,
         max_channels=options.max_channels,
+        metrics=options.metrics,
+        metrics_step=options.metrics_step,
     )
 
 
@@ -68,6 +71,7 @@ def explain_response(outcome: ExplainOutcome) -> ExplainResponse:
                 heatmap_png=e.heatmap_png,
                 overlay_png=e.overlay_png,
                 raw=RawMapOut(shape=list(e.raw.shape), data=e.raw.data) if e.raw is not None else None,
+                metrics=MetricsOut(**e.metrics.to_dict()) if e.metrics is not None else None,
             )
             for e in outcome.explanations
         ],

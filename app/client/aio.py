@@ -81,8 +81,12 @@ class AsyncScoreCamClient:
         precision: str | None = None,
         weighting: str | None = None,
         max_channels: int | None = None,
+        metrics: bool | None = None,
+        metrics_step: float | None = None,
     ) -> ExplainResponse:
-        data = explain_fields(model, method, classes, top_k, layer, outputs, precision, weighting, max_channels)
+        data = explain_fields(
+            model, method, classes, top_k, layer, outputs, precision, weighting, max_channels, metrics, metrics_step
+        )
         response = await self._request("POST", "/v1/explain", files={"image": image_file(image)}, data=data)
         return ExplainResponse.model_validate(response.json())
 
@@ -99,9 +103,13 @@ class AsyncScoreCamClient:
         precision: str | None = None,
         weighting: str | None = None,
         max_channels: int | None = None,
+        metrics: bool | None = None,
+        metrics_step: float | None = None,
     ) -> AsyncIterator[Progress | ExplainResponse]:
         """Yield ``Progress`` while the server works, then the ``ExplainResponse``."""
-        data = explain_fields(model, method, classes, top_k, layer, outputs, precision, weighting, max_channels)
+        data = explain_fields(
+            model, method, classes, top_k, layer, outputs, precision, weighting, max_channels, metrics, metrics_step
+        )
         files = {"image": image_file(image)}
         for attempt in range(self.retry.max_retries + 1):
             async with self._http.stream(

@@ -94,7 +94,7 @@ def form_fields(**options: Any) -> dict[str, str]:
 def explain_fields(
     model: str | None, method: str | None, classes: Sequence[int] | int | None, top_k: int | None,
     layer: str | None, outputs: Sequence[str] | str | None, precision: str | None, weighting: str | None,
-    max_channels: int | None,
+    max_channels: int | None, metrics: bool | None = None, metrics_step: float | None = None,
 ) -> dict[str, str]:
     """The /v1/explain form for the given options (omitted ones take the server's defaults)."""
     if isinstance(classes, int):
@@ -104,7 +104,7 @@ def explain_fields(
     return form_fields(
         model=model, method=method, classes=list(classes) if classes else None, top_k=top_k, layer=layer,
         outputs=list(outputs) if outputs else None, precision=precision, weighting=weighting,
-        max_channels=max_channels,
+        max_channels=max_channels, metrics=metrics, metrics_step=metrics_step,
     )
 
 

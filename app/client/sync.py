@@ -117,9 +117,13 @@ class ScoreCamClient:
         precision: str | None = None,
         weighting: str | None = None,
         max_channels: int | None = None,
+        metrics: bool | None = None,
+        metrics_step: float | None = None,
     ) -> ExplainResponse:
         """Heatmaps of the given classes (default: the top prediction); see ``heatmap_array``."""
-        data = explain_fields(model, method, classes, top_k, layer, outputs, precision, weighting, max_channels)
+        data = explain_fields(
+            model, method, classes, top_k, layer, outputs, precision, weighting, max_channels, metrics, metrics_step
+        )
         response = self._request("POST", "/v1/explain", files={"image": image_file(image)}, data=data)
         return ExplainResponse.model_validate(response.json())
 
@@ -136,12 +140,16 @@ class ScoreCamClient:
         precision: str | None = None,
         weighting: str | None = None,
         max_channels: int | None = None,
+        metrics: bool | None = None,
+        metrics_step: float | None = None,
     ) -> Iterator[Progress | ExplainResponse]:
         """Like ``explain``, yielding ``Progress`` while the server works and the result last.
 
         Stopping the iteration early closes the stream, which cancels the work on the server.
         """
-        data = explain_fields(model, method, classes, top_k, layer, outputs, precision, weighting, max_channels)
+        data = explain_fields(
+            model, method, classes, top_k, layer, outputs, precision, weighting, max_channels, metrics, metrics_step
+        )
         files = {"image": image_file(image)}
         for attempt in range(self.retry.max_retries + 1):
             with self._http.stream(

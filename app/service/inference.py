@@ -19,6 +19,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.errors import InvalidOption, QueueFull, ServiceUnavailable
+from app.service.metric_jobs import metric_forwards
 from app.service.metrics import ServiceMetrics
 from app.service.outcomes import (
     ExplainOutcome,
@@ -158,11 +159,12 @@ class ScoreCamService:
         classes = self._check_classes(model, spec)
         x = await asyncio.to_thread(model.loaded.preprocessing.full_tensor, image)
         kind = "scorecam" if spec.method == "scorecam" else "grad"
+        metric_cost = self._metrics_cost(model, spec, classes)
         item = self._item(
             kind,
             model,
             x.unsqueeze(0),
-            cost=self._explain_cost(model, spec, layer, classes),
+            cost=self._explain_cost(model, spec, layer, classes) + metric_cost,
             top_k=spec.top_k,
             method=spec.method,
             classes=classes,
@@ -171,6 +173,8 @@ class ScoreCamService:
             weighting=spec.weighting,
             max_channels=spec.max_channels,
             progress=progress,
+            metrics_step=spec.metrics_step if spec.metrics else None,
+            metric_forwards=metric_cost,
         )
         self._submit(item)
         return PendingExplanation(self, item, model, image, spec, layer, started)
@@ -197,6 +201,14 @@ class ScoreCamService:
         if spec.max_channels is not None:
             channels = min(channels, spec.max_channels)
         return channels + 1
+
+    @staticmethod
+    def _metrics_cost(model: ServedModel, spec: ExplainSpec, classes: list[int] | None) -> int:
+        """The metric forwards ``metrics=true`` adds: 2n + 1 per explained class (n = 1 / step)."""
+        if not spec.metrics:
+            return 0
+        size = model.input_size
+        return metric_forwards(size, size, spec.metrics_step, len(classes) if classes else spec.top_k)
 
     # ---- the queue -----------------------------------------------------------------------
 
@@ -303,7 +315,8 @@ def render_explanations(
 ) -> list[Explanation]:
     """Resize each map to the uploaded image and encode the asked-for outputs (thread pool)."""
     explanations = []
-    for result in output.results:
+    metrics = output.metrics or [None] * len(output.results)
+    for result, measured in zip(output.results, metrics):
         array = resize_map(result.map, image.width, image.height)
         explanations.append(
             Explanation(
@@ -313,6 +326,7 @@ def render_explanations(
                 heatmap_png=heatmap_png(array) if "heatmap" in outputs else None,
                 overlay_png=overlay_png(array, image) if "overlay" in outputs else None,
                 raw=raw_map(array) if "raw" in outputs else None,
+                metrics=measured,
             )
         )
     return explanations

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from app.cam import Faithfulness
+from app.cam.faithfulness import DEFAULT_STEP
 from app.service.render import RawMap
 
 OUTPUTS = ("heatmap", "overlay", "raw")
@@ -24,6 +26,8 @@ class ExplainSpec:
     precision: str | None = None
     weighting: str = "probability"
     max_channels: int | None = None
+    metrics: bool = False  # faithfulness metrics per explanation (2n + 1 extra forwards per class)
+    metrics_step: float = DEFAULT_STEP
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Explanation:
     heatmap_png: str | None = None
     overlay_png: str | None = None
     raw: RawMap | None = None
+    metrics: Faithfulness | None = None
 
 
 @dataclass(frozen=True)

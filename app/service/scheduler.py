@@ -202,10 +202,13 @@ class Scheduler:
             return taken
 
     def activate(self, item: WorkItem) -> None:
-        """A started Score-CAM job joins the active set (its masked batches are pending)."""
+        """A started batch job (Score-CAM masks or metric forwards) joins the active set."""
         with self.cond:
-            if id(item) in self._open:
+            if id(item) in self._open and item not in self._active:
                 self._active.append(item)
+                if item.lane not in self._lanes:  # a Grad-CAM request's metrics use the masked lane
+                    self._lanes.append(item.lane)
+                self.cond.notify_all()
 
     def next_group(self, model: str) -> list[WorkItem]:
         """The active jobs of one model that can share a batch, groups taken in turn."""

@@ -57,13 +57,25 @@ class WorkItem:
     progress: ProgressCallback | None = None
     job: Any = None
     group: Any = None
+    # faithfulness metrics (metrics=true): the step, the planned extra forwards, and the CAM
+    # output held while the metric forwards run
+    metrics_step: float | None = None
+    metric_forwards: int = 0
+    forwards_before: int = 0
+    explained: ExplainOutput | None = None
 
     def __post_init__(self) -> None:
         self.remaining = self.cost
 
     @property
     def lane(self) -> tuple[str, str]:
-        """Items in one lane may share a batch: same kind, same model."""
+        """Items in one lane may share a batch: same kind, same model.
+
+        A Grad-CAM request whose metric forwards run has a batch job, which shares the
+        model's masked batches, so it is then served by the Score-CAM lane.
+        """
+        if self.kind == "grad" and self.job is not None:
+            return ("scorecam", self.model)
         return (self.kind, self.model)
 
     def expired(self, now: float) -> bool:
@@ -126,3 +138,4 @@ class ExplainOutput:
     results: list[Any]
     queue_ms: float
     compute_ms: float
+    metrics: list[Any] | None = None  # one Faithfulness per result, when metrics were asked for

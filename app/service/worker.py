@@ -3,7 +3,8 @@
 Each step serves one lane in turn (round robin): a prediction batch for a model, one masked
 batch shared by the Score-CAM jobs of a model, or one Grad-CAM request. Score-CAM jobs advance
 a batch at a time, so a short explanation finishes while a long one is still running, and the
-deadline and cancellation of each request are checked between batches.
+deadline and cancellation of each request are checked between batches. With ``metrics=true``
+an explanation's faithfulness forwards then join the same masked batches, as a second job.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from app.cam import fill_batch, run_batch
 from app.errors import ScoreCamError
+from app.service.metric_jobs import RequestMetricsJob
 from app.service.metrics import ServiceMetrics
 from app.service.registry_state import ModelStore, ServedModel
 from app.service.scheduler import Scheduler
@@ -216,31 +219,69 @@ class Worker:
             self._fail([item], exc)
             return
         model.layer_channels[item.layer or model.loaded.default_layer] = int(item.job.stats.channels)
-        self.scheduler.update_remaining(item, item.job.total - item.job.done)
-        item.report_progress(item.job.done, item.job.total)
+        self._report(item)
         if item.job.finished:
-            self._finish_job(item)
+            self._finish_job(model, item)
         else:
             self.scheduler.activate(item)
 
     def _advance(self, model: ServedModel, item: WorkItem) -> None:
-        job = item.job
-        self.scheduler.update_remaining(item, job.total - job.done)
-        item.report_progress(job.done, job.total)
-        if job.finished:
-            self._finish_job(item)
+        self._report(item)
+        if item.job.finished:
+            self._finish_job(model, item)
 
-    def _finish_job(self, item: WorkItem) -> None:
+    def _report(self, item: WorkItem) -> None:
+        """Remaining forwards (for backpressure) and progress over masks plus metric forwards."""
+        job = item.job
+        later = 0 if isinstance(job, RequestMetricsJob) else item.metric_forwards
+        done = item.forwards_before + job.done
+        total = item.forwards_before + job.total + later
+        self.scheduler.update_remaining(item, total - done)
+        item.report_progress(done, total)
+
+    def _finish_job(self, model: ServedModel, item: WorkItem) -> None:
+        job = item.job
+        if isinstance(job, RequestMetricsJob):
+            try:
+                metrics = job.results()
+            except Exception as exc:  # noqa: BLE001
+                self._fail([item], exc)
+                return
+            assert item.explained is not None
+            self._settle_explanation(item, replace(item.explained, metrics=metrics))
+            return
         try:
-            results = item.job.results()
+            results = job.results()
         except Exception as exc:  # noqa: BLE001
             self._fail([item], exc)
             return
+        self._explained(model, item, ExplainOutput(job.probabilities, results, 0.0, 0.0), job.total)
+
+    def _explained(self, model: ServedModel, item: WorkItem, output: ExplainOutput, forwards: int) -> None:
+        """The maps are ready: settle, or first queue the metric forwards when they were asked for."""
+        if item.metrics_step is None:
+            self._settle_explanation(item, output)
+            return
+        try:
+            job = RequestMetricsJob(model.inference, item.x, output.results, item.metrics_step, item.precision)
+        except Exception as exc:  # noqa: BLE001
+            self._fail([item], exc)
+            return
+        item.explained = output
+        item.forwards_before = forwards
+        item.job = job
+        item.group = job.group
+        self._report(item)
+        if job.finished:
+            self._finish_job(model, item)
+        else:
+            self.scheduler.activate(item)
+
+    def _settle_explanation(self, item: WorkItem, output: ExplainOutput) -> None:
         assert item.started_at is not None
         now = time.monotonic()
-        item.settle(
-            ExplainOutput(item.job.probabilities, results, ms_since(item.enqueued_at, item.started_at), ms_since(item.started_at, now))
-        )
+        queue_ms, compute_ms = ms_since(item.enqueued_at, item.started_at), ms_since(item.started_at, now)
+        item.settle(replace(output, queue_ms=queue_ms, compute_ms=compute_ms))
         self.scheduler.finish(item)
 
     # ---- Grad-CAM / Grad-CAM++ -----------------------------------------------------------
@@ -264,8 +305,7 @@ class Worker:
         now = time.monotonic()
         self.scheduler.record_batch("grad", model.name, [item], 1, now - item.started_at)
         self.metrics.observe_batch("grad", 1)
-        item.settle(ExplainOutput(probabilities, results, ms_since(item.enqueued_at, item.started_at), ms_since(item.started_at, now)))
-        self.scheduler.finish(item)
+        self._explained(model, item, ExplainOutput(probabilities, results, 0.0, 0.0), item.cost - item.metric_forwards)
 
     # ---- failures ------------------------------------------------------------------------
 

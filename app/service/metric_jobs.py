@@ -1,0 +1,79 @@
+"""A request's faithfulness metrics as one batch job, so the worker schedules them like masks.
+
+One ``FaithfulnessJob`` per explained class, wrapped so the worker sees one job per request
+(``item.job``): its chunks carry the wrapper as ``job`` and the class's chunk inside, so the
+worker's "which request does this chunk belong to" bookkeeping stays unchanged, and the
+chunks go into the same forward batches as other requests' Score-CAM masks of the model and
+precision (same ``group``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from app.cam import Faithfulness, FaithfulnessJob, faithfulness_forward_passes
+from app.cam.inference import InferenceModel
+
+
+def metric_forwards(height: int, width: int, step: float, classes: int) -> int:
+    """Extra forward passes ``metrics=true`` costs: 2n + 1 per explained class."""
+    return classes * faithfulness_forward_passes(height, width, step)
+
+
+@dataclass
+class RequestChunk:
+    """One class's chunk, seen through the request's job (so ``chunk.job is item.job``)."""
+
+    job: RequestMetricsJob
+    inner: Any
+    inputs: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+class RequestMetricsJob:
+    """The metric forwards of every explanation of one request, a chunk at a time."""
+
+    def __init__(
+        self,
+        model: InferenceModel,
+        x: torch.Tensor,
+        results: Sequence[Any],
+        step: float,
+        precision: str | None,
+    ) -> None:
+        self.jobs = [FaithfulnessJob(model, x, r.class_index, r.map, step=step, precision=precision) for r in results]
+        self.model = model
+        self.precision = self.jobs[0].precision if self.jobs else (precision or model.precision)
+        self.total = sum(job.total for job in self.jobs)
+        self.done = 0
+
+    @property
+    def group(self) -> Hashable:
+        return self.jobs[0].group if self.jobs else (id(self.model), self.precision)
+
+    @property
+    def exhausted(self) -> bool:
+        return all(job.exhausted for job in self.jobs)
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+    def next_chunk(self, n: int) -> RequestChunk:
+        job = next(job for job in self.jobs if not job.exhausted)
+        inner = job.next_chunk(n)
+        return RequestChunk(self, inner, inner.inputs)
+
+    def record(self, chunk: RequestChunk, logits: torch.Tensor) -> None:
+        chunk.inner.job.record(chunk.inner, logits)
+        self.done += len(chunk)
+
+    def results(self) -> list[Faithfulness]:
+        """One ``Faithfulness`` per explanation, in the explanations' order."""
+        return [job.result() for job in self.jobs]
