@@ -42,7 +42,7 @@ from app.cam.deletion import (
 )
 from app.cam.inference import InferenceModel
 from app.cam.precision import resolve_precision
-from app.cam.scheduler import run_jobs
+from app.cam.scheduler import BatchJob, run_jobs
 from app.errors import InvalidOption
 
 DEFAULT_STEP = 0.01
@@ -101,7 +101,7 @@ class MetricChunk:
         return self.stop - self.start
 
 
-class FaithfulnessJob:
+class FaithfulnessJob(BatchJob):
     """One explanation's metric forwards, consumable a chunk at a time by any scheduler.
 
     Row order of the forwards: 0 x, 1 x ∘ L, 2 the baseline, then the n − 1 inner deletion
@@ -129,8 +129,6 @@ class FaithfulnessJob:
             )
         if not 0 <= int(class_index):
             raise InvalidOption(f"class index must be non-negative, got {class_index}")
-        self.model = model
-        self.precision = resolve_precision(precision or model.precision, model.device)
         self.class_index = int(class_index)
         self.schedule: PixelSchedule = pixel_schedule(height, width, step)
         device = model.device
@@ -146,29 +144,12 @@ class FaithfulnessJob:
         insert = [False, False, True] + [False] * len(inner) + [True] * len(inner)
         self._counts = torch.tensor(rows, device=device)
         self._insert = torch.tensor(insert, device=device)
-        self.total = len(rows)
-        self.issued = 0
-        self.done = 0
+        super().__init__(model, resolve_precision(precision or model.precision, model.device), len(rows))
         self.probabilities = torch.zeros(self.total, device=device)
-
-    @property
-    def group(self) -> tuple[int, str]:
-        """Same key as ``ScoreCamJob.group``: jobs of one group can share a forward batch."""
-        return (id(self.model), self.precision)
-
-    @property
-    def exhausted(self) -> bool:
-        return self.issued >= self.total
-
-    @property
-    def finished(self) -> bool:
-        return self.done >= self.total
 
     def next_chunk(self, n: int) -> MetricChunk:
         """Build the inputs of the next (at most) ``n`` forwards, on the device."""
-        start = self.issued
-        stop = min(self.total, start + max(1, n))
-        self.issued = stop
+        start, stop = self.claim(n)
         inputs = mixed_inputs(self.x, self.baseline, self.ranks, self._counts[start:stop], self._insert[start:stop])
         if start <= 1 < stop:
             inputs[1 - start] = self.x[0] * self.map

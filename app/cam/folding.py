@@ -101,7 +101,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, rtol: float = 1e-3) 
     folded = copy.deepcopy(model).eval()
     try:
         pairs = _find_pairs(folded, example)
-    except Exception as exc:  # a model that cannot run the probe input is simply not folded
+    except Exception as exc:  # noqa: BLE001 - a model that cannot run the probe input is simply not folded
         log.warning("batch-norm folding skipped: probe forward failed (%s)", exc)
         return folded
     if not pairs:

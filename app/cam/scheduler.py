@@ -8,6 +8,7 @@ the whole batch and hands each chunk its slice of the logits.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
@@ -26,22 +27,48 @@ class Chunk(Protocol):
     def __len__(self) -> int: ...
 
 
-class BatchJob(Protocol):
-    """Work made of forward passes that can share batches: Score-CAM masks, faithfulness curves."""
+class BatchJob(ABC):
+    """Work made of forward passes that can share batches: Score-CAM masks, faithfulness curves.
 
-    model: InferenceModel
-    precision: str
-    total: int
+    Owns the bookkeeping every such job shares: the batch-sharing key and the cursors of
+    forwards handed out (``issued``) and recorded (``done``) out of ``total``.
+    """
+
+    def __init__(self, model: InferenceModel, precision: str, total: int) -> None:
+        self.model = model
+        self.precision = precision
+        self.total = total
+        self.issued = 0
+        self.done = 0
 
     @property
-    def group(self) -> Hashable: ...
+    def group(self) -> Hashable:
+        """Jobs with the same group can share a forward batch (same network, same precision)."""
+        return (id(self.model), self.precision)
 
     @property
-    def exhausted(self) -> bool: ...
+    def exhausted(self) -> bool:
+        """Every chunk has been handed out."""
+        return self.issued >= self.total
 
-    def next_chunk(self, n: int) -> Chunk: ...
+    @property
+    def finished(self) -> bool:
+        """Every chunk's outputs have been recorded."""
+        return self.done >= self.total
 
-    def record(self, chunk: Chunk, logits: torch.Tensor) -> None: ...
+    def claim(self, n: int) -> tuple[int, int]:
+        """Hand out the next (at most) ``n`` forwards, as the row range [start, stop)."""
+        start = self.issued
+        self.issued = min(self.total, start + max(1, n))
+        return start, self.issued
+
+    @abstractmethod
+    def next_chunk(self, n: int) -> Chunk:
+        """Build the inputs of the next (at most) ``n`` forwards, on the device."""
+
+    @abstractmethod
+    def record(self, chunk: Chunk, logits: torch.Tensor) -> None:
+        """Keep what the chunk's forwards produced."""
 
 
 def fill_batch(jobs: Sequence[BatchJob], batch_size: int) -> list[Chunk]:

@@ -31,7 +31,7 @@ from app.cam.channels import ChannelPlan, build_masked_inputs, plan_channels
 from app.cam.inference import InferenceModel
 from app.cam.precision import resolve_precision
 from app.cam.results import CamResult, CamStats
-from app.cam.scheduler import run_jobs
+from app.cam.scheduler import BatchJob, run_jobs
 from app.errors import InvalidOption
 
 WEIGHTINGS: tuple[str, ...] = ("probability", "channel-softmax")
@@ -50,36 +50,17 @@ class MaskChunk:
         return self.stop - self.start
 
 
-class ScoreCamJob:
+class ScoreCamJob(BatchJob):
     """One image's Score-CAM work, consumable a chunk at a time by any scheduler."""
 
     def __init__(self, cam: ScoreCAM, cap: Capture, classes: list[int], plan: ChannelPlan) -> None:
+        super().__init__(cam.model, cam.precision, plan.total)
         self.cam = cam
-        self.model = cam.model
         self.capture = cap
         self.classes = classes
         self.plan = plan
-        self.precision = cam.precision
-        self.total = plan.total
-        self.issued = 0
-        self.done = 0
         self._class_index = torch.tensor(classes, device=cap.logits.device)
         self.scores = torch.zeros(plan.total, len(classes), device=cap.logits.device)
-
-    @property
-    def group(self) -> tuple[int, str]:
-        """Jobs with the same group can share a forward batch (same network, same precision)."""
-        return (id(self.model), self.precision)
-
-    @property
-    def exhausted(self) -> bool:
-        """Every chunk has been handed out."""
-        return self.issued >= self.total
-
-    @property
-    def finished(self) -> bool:
-        """Every chunk's scores have been recorded."""
-        return self.done >= self.total
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -87,9 +68,7 @@ class ScoreCamJob:
 
     def next_chunk(self, n: int) -> MaskChunk:
         """Build the masked inputs of the next (at most) ``n`` unique maps, on the device."""
-        start = self.issued
-        stop = min(self.total, start + max(1, n))
-        self.issued = stop
+        start, stop = self.claim(n)
         inputs = build_masked_inputs(self.capture.input, self.plan, start, stop)
         return MaskChunk(self, start, stop, inputs)
 

@@ -9,7 +9,7 @@ precision (same ``group``).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,8 @@ import torch
 
 from app.cam import Faithfulness, FaithfulnessJob, faithfulness_forward_passes
 from app.cam.inference import InferenceModel
+from app.cam.precision import resolve_precision
+from app.cam.scheduler import BatchJob
 
 
 def metric_forwards(height: int, width: int, step: float, classes: int) -> int:
@@ -36,7 +38,7 @@ class RequestChunk:
         return len(self.inner)
 
 
-class RequestMetricsJob:
+class RequestMetricsJob(BatchJob):
     """The metric forwards of every explanation of one request, a chunk at a time."""
 
     def __init__(
@@ -48,22 +50,12 @@ class RequestMetricsJob:
         precision: str | None,
     ) -> None:
         self.jobs = [FaithfulnessJob(model, x, r.class_index, r.map, step=step, precision=precision) for r in results]
-        self.model = model
-        self.precision = self.jobs[0].precision if self.jobs else (precision or model.precision)
-        self.total = sum(job.total for job in self.jobs)
-        self.done = 0
-
-    @property
-    def group(self) -> Hashable:
-        return self.jobs[0].group if self.jobs else (id(self.model), self.precision)
+        resolved = resolve_precision(precision or model.precision, model.device)
+        super().__init__(model, resolved, sum(job.total for job in self.jobs))
 
     @property
     def exhausted(self) -> bool:
         return all(job.exhausted for job in self.jobs)
-
-    @property
-    def finished(self) -> bool:
-        return self.done >= self.total
 
     def next_chunk(self, n: int) -> RequestChunk:
         job = next(job for job in self.jobs if not job.exhausted)
