@@ -297,6 +297,8 @@ class _Bars:
         if bar.total != total:
             bar.reset(total=total)
         bar.update(done - bar.n)
+        if done >= total:
+            bar.refresh()  # tqdm skips redraws within mininterval: always show the finished count
 
     def end_image(self) -> None:
         if self.mask_bar is not None:
