@@ -22,6 +22,7 @@ from app.config import Settings
 from app.service.inference import ScoreCamService
 from app.service.metrics import ServiceMetrics
 from app.service.registry_state import ModelSource
+from app.service.threads import install_default_executor
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, *, model_source: ModelSource | 
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await install_default_executor()  # a fixed thread count for to_thread, so a soak can see leaks
         await service.start()
         try:
             yield

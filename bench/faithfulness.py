@@ -5,7 +5,7 @@ bn2), explaining the predicted class of each photo: Average Drop, Increase in Co
 insertion AUC and deletion AUC (app/cam/faithfulness.py) for each row, next to the paper's VGG16
 figures, plus a PNG of the mean deletion / insertion curves and a grid of example overlays.
 
-    .venv/bin/python bench/faithfulness.py                       # 100 photos, step 5 %: ~25 min on 2 idle cores
+    .venv/bin/python bench/faithfulness.py                       # 100 photos, step 5 %: 23.8 min on 2 idle AVX2 cores
     .venv/bin/python bench/faithfulness.py --images 4 --rows faster-64,gradcam,gradcam++ --step 0.1
 
 Rows (``--rows``, comma-separated): ``scorecam`` (all channels of the layer that are not

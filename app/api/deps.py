@@ -17,15 +17,15 @@ from app.service.inference import ScoreCamService
 from app.service.metrics import ServiceMetrics
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_service(request: Request) -> ScoreCamService:
+async def get_service(request: Request) -> ScoreCamService:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 

@@ -2,7 +2,8 @@
 
 ``BodyLimitMiddleware`` refuses an over-size upload from its Content-Length before reading it,
 and stops a chunked or lying upload as soon as it passes the limit, so no oversized body is
-ever held in memory. ``MetricsMiddleware`` counts requests by route template and status.
+ever held in memory; either 413 closes the connection, so the rest of the upload is never read.
+``MetricsMiddleware`` counts requests by route template and status.
 """
 
 from __future__ import annotations
@@ -39,17 +40,26 @@ class BodyLimitMiddleware:
             return
         limit = self.max_body_bytes
         received = 0
+        passed = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, passed
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    passed = True
                     raise ImageTooLarge(f"the request body passed {limit} bytes, the upload limit; send a smaller image")
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def closing_send(message: Message) -> None:
+            # The rest of the upload is still coming: without "Connection: close" the server keeps
+            # the connection open and reads (and drops) everything the client goes on sending.
+            if passed and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, limited_receive, closing_send)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,6 +41,18 @@ from app.service.worker import Worker
 
 log = logging.getLogger(__name__)
 PREDICTIONS_IN_EXPLAIN = 5
+
+
+@dataclass(frozen=True)
+class ExplainPlan:
+    """An explanation's validated target and its queue cost, known before the image is decoded."""
+
+    model: ServedModel
+    layer: str
+    classes: list[int] | None
+    kind: str
+    cost: int
+    metric_cost: int
 
 
 class ScoreCamService:
@@ -112,6 +125,23 @@ class ScoreCamService:
         if not self.ready:
             raise ServiceUnavailable(self.not_ready_reason() + "; retry shortly", retry_after_s=self.scheduler.retry_after_s())
 
+    def check_capacity(self, kind: str = "predict", cost: int = 1) -> None:
+        """Refuse now (503) work the queue could not take, before the upload is read and decoded.
+
+        Called with the cheapest cost before the body is read; the full check runs again at
+        submission, when the request's real cost is known.
+        """
+        self._ensure_serving()
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        self._counting_refusals(lambda: self.scheduler.check(kind, cost, deadline))
+
+    def check_explain(self, spec: ExplainSpec) -> None:
+        """Validate an explanation's options and check the queue can take its cost (before decoding)."""
+        self._ensure_serving()
+        plan = self._plan_explain(spec)
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        self._counting_refusals(lambda: self.scheduler.check(plan.kind, plan.cost, deadline))
+
     # ---- models --------------------------------------------------------------------------
 
     def models(self) -> list[dict[str, Any]]:
@@ -154,30 +184,37 @@ class ScoreCamService:
         """Validate and enqueue; errors that have a status of their own (404, 422, 503) raise here."""
         started = time.monotonic()
         self._ensure_serving()
-        model = self.store.get(spec.model)
-        layer = model.check_layer(spec.layer)
-        classes = self._check_classes(model, spec)
+        plan = self._plan_explain(spec)
+        model = plan.model
         x = await asyncio.to_thread(model.loaded.preprocessing.full_tensor, image)
-        kind = "scorecam" if spec.method == "scorecam" else "grad"
-        metric_cost = self._metrics_cost(model, spec, classes)
         item = self._item(
-            kind,
+            plan.kind,
             model,
             x.unsqueeze(0),
-            cost=self._explain_cost(model, spec, layer, classes) + metric_cost,
+            cost=plan.cost,
             top_k=spec.top_k,
             method=spec.method,
-            classes=classes,
-            layer=layer,
+            classes=plan.classes,
+            layer=plan.layer,
             precision=spec.precision,
             weighting=spec.weighting,
             max_channels=spec.max_channels,
             progress=progress,
             metrics_step=spec.metrics_step if spec.metrics else None,
-            metric_forwards=metric_cost,
+            metric_forwards=plan.metric_cost,
         )
         self._submit(item)
-        return PendingExplanation(self, item, model, image, spec, layer, started)
+        return PendingExplanation(self, item, model, image, spec, plan.layer, started)
+
+    def _plan_explain(self, spec: ExplainSpec) -> ExplainPlan:
+        """What an explanation will run and cost; raises for an unknown model, layer or bad classes."""
+        model = self.store.get(spec.model)
+        layer = model.check_layer(spec.layer)
+        classes = self._check_classes(model, spec)
+        metric_cost = self._metrics_cost(model, spec, classes)
+        cost = self._explain_cost(model, spec, layer, classes) + metric_cost
+        kind = "scorecam" if spec.method == "scorecam" else "grad"
+        return ExplainPlan(model, layer, classes, kind, cost, metric_cost)
 
     def _check_classes(self, model: ServedModel, spec: ExplainSpec) -> list[int] | None:
         limit = self.settings.max_classes
@@ -226,15 +263,19 @@ class ScoreCamService:
         )
 
     def _submit(self, item: WorkItem) -> None:
+        self._counting_refusals(lambda: self.scheduler.submit(item))
+        self.metrics.set_queue(self.scheduler.depth(), self.scheduler.pending_forwards())
+
+    def _counting_refusals(self, admit: Callable[[], None]) -> None:
+        """Run an admission step; count a refusal by reason in the metrics and re-raise it."""
         try:
-            self.scheduler.submit(item)
+            admit()
         except QueueFull:
             self.metrics.rejected.labels(reason="queue_full").inc()
             raise
         except ServiceUnavailable:
             self.metrics.rejected.labels(reason="unavailable").inc()
             raise
-        self.metrics.set_queue(self.scheduler.depth(), self.scheduler.pending_forwards())
 
     async def _await(self, item: WorkItem) -> Any:
         """Await the worker's answer until the deadline; cancel the work if we stop waiting."""

@@ -61,33 +61,21 @@ class Scheduler:
     def submit(self, item: WorkItem) -> None:
         """Admit an item or raise at once: ServiceUnavailable when closed, QueueFull when full."""
         with self.cond:
-            if self._closed_reason is not None:
-                raise ServiceUnavailable(self._closed_reason, retry_after_s=self._retry_after(self._backlog()))
-            backlog = self._backlog()
-            if len(self._open) >= self.max_requests:
-                raise QueueFull(
-                    f"the queue holds {len(self._open)} requests, its limit (SCORECAM_MAX_QUEUE_REQUESTS); "
-                    "retry later",
-                    retry_after_s=self._retry_after(backlog),
-                )
-            if self._open and backlog + item.cost > self.max_forwards:
-                raise QueueFull(
-                    f"the queue holds {backlog} pending forward passes and this request needs about "
-                    f"{item.cost}; the limit is {self.max_forwards} (SCORECAM_MAX_QUEUE_FORWARDS); retry later",
-                    retry_after_s=self._retry_after(backlog),
-                )
-            wait = self._estimated_finish_s(item, backlog)
-            if wait is not None and wait > item.deadline - time.monotonic():
-                raise QueueFull(
-                    f"the queue holds about {wait:.0f} s of work for this request, more than its deadline allows "
-                    "(SCORECAM_REQUEST_TIMEOUT_S); retry later or ask for less work (max_channels)",
-                    retry_after_s=self._retry_after(backlog),
-                )
+            self._refuse_if_full(item.kind, item.cost, item.deadline)
             self._open[id(item)] = item
             self._pending.append(item)
             if item.lane not in self._lanes:
                 self._lanes.append(item.lane)
             self.cond.notify_all()
+
+    def check(self, kind: str, cost: int, deadline: float) -> None:
+        """Raise what ``submit`` would raise for such work, without admitting anything.
+
+        The API calls this before it reads and decodes an upload, so an overloaded service
+        refuses in a few milliseconds instead of after the work of decoding an image.
+        """
+        with self.cond:
+            self._refuse_if_full(kind, cost, deadline)
 
     def cancel(self, item: WorkItem) -> None:
         """Drop an item now (deadline passed or client gone); frees its queue capacity at once."""
@@ -266,6 +254,29 @@ class Scheduler:
             self._active.remove(item)
         self.cond.notify_all()
 
+    def _refuse_if_full(self, kind: str, cost: int, deadline: float) -> None:
+        if self._closed_reason is not None:
+            raise ServiceUnavailable(self._closed_reason, retry_after_s=self._retry_after(self._backlog()))
+        backlog = self._backlog()
+        if len(self._open) >= self.max_requests:
+            raise QueueFull(
+                f"the queue holds {len(self._open)} requests, its limit (SCORECAM_MAX_QUEUE_REQUESTS); retry later",
+                retry_after_s=self._retry_after(backlog),
+            )
+        if self._open and backlog + cost > self.max_forwards:
+            raise QueueFull(
+                f"the queue holds {backlog} pending forward passes and this request needs about "
+                f"{cost}; the limit is {self.max_forwards} (SCORECAM_MAX_QUEUE_FORWARDS); retry later",
+                retry_after_s=self._retry_after(backlog),
+            )
+        wait = self._estimated_finish_s(kind, cost, backlog)
+        if wait is not None and wait > deadline - time.monotonic():
+            raise QueueFull(
+                f"the queue holds about {wait:.0f} s of work for this request, more than its deadline allows "
+                "(SCORECAM_REQUEST_TIMEOUT_S); retry later or ask for less work (max_channels)",
+                retry_after_s=self._retry_after(backlog),
+            )
+
     def _backlog(self) -> int:
         return sum(item.remaining for item in self._open.values())
 
@@ -273,16 +284,16 @@ class Scheduler:
         seconds = backlog / max(self._forwards_per_s, 1e-3)
         return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(seconds))))
 
-    def _estimated_finish_s(self, item: WorkItem, backlog: int) -> float | None:
-        """Seconds until ``item`` would finish, once the throughput has been measured.
+    def _estimated_finish_s(self, kind: str, cost: int, backlog: int) -> float | None:
+        """Seconds until work of ``cost`` forwards would finish, once the throughput has been measured.
 
         Jobs share batches fairly, so a request waits for at most the whole backlog, and for
         less when it is small: about its own cost times the number of jobs sharing the device.
         """
-        if self._batches_measured < MIN_BATCHES_MEASURED or item.kind == "predict":
+        if self._batches_measured < MIN_BATCHES_MEASURED or kind == "predict":
             return None
         sharing = len(self._open) + 1
-        forwards = min(backlog + item.cost, item.cost * sharing)
+        forwards = min(backlog + cost, cost * sharing)
         return forwards / max(self._forwards_per_s, 1e-3)
 
     def _has_work(self) -> bool:

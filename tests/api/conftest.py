@@ -93,3 +93,14 @@ def gate() -> Gate:
     g.delay_s = 0.0
     yield g
     g.open()
+
+
+def crash_worker(service: Any) -> Any:
+    """Make the running worker raise at its next step (a simulated crash); returns that worker."""
+    dying = service.supervisor.worker
+
+    def crash() -> None:
+        raise RuntimeError("simulated worker crash")
+
+    dying.fault = crash
+    return dying

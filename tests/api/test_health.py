@@ -8,7 +8,7 @@ import pytest
 
 from app.service.registry_state import ModelStore
 
-from .conftest import await_until, serving, tiny_app
+from .conftest import await_until, crash_worker, serving, tiny_app
 from .tinynet import Gate
 
 pytestmark = pytest.mark.anyio
@@ -78,12 +78,7 @@ async def test_a_dead_worker_fails_its_queue_with_503_and_is_restarted(cat_png: 
         await await_until(gate.entered.is_set, what="the worker to hold the request")
         queued = asyncio.ensure_future(client.post("/v1/predict", files={"image": ("i.png", cat_png)}))
         await await_until(lambda: service.scheduler.depth() == 2, what="two requests queued")
-        dying = service.supervisor.worker
-
-        def crash() -> None:
-            raise RuntimeError("simulated worker crash")
-
-        dying.fault = crash
+        dying = crash_worker(service)
         gate.open()
         first, second = await asyncio.gather(running, queued)
         await await_until(lambda: service.supervisor.restarts == 1, what="the restart")

@@ -1,5 +1,6 @@
 """What the service never does: fetch client URLs, unpickle client data, load weights unsafely,
-log image bytes. A static scan of app/ plus a log capture of real requests."""
+log image bytes. A static scan of app/ plus a log capture of real requests. And which browser
+pages may call it: the CORS preflight and the headers on errors."""
 
 from __future__ import annotations
 
@@ -78,3 +79,59 @@ async def test_the_log_holds_no_image_bytes(cat_photo: Image.Image, caplog: pyte
     assert len(caplog.records) > 0
     for needle in (b64[40:80], base64.b64encode(broken).decode()[40:80], repr(photo[20:40])[2:-1]):
         assert needle not in text
+
+
+# ---- CORS: what a browser's preflight gets --------------------------------------------------
+
+ORIGIN = "http://localhost:3000"
+KEY = "s3cret-key-123"
+PREFLIGHTS = [
+    # (case, origin, method, requested headers, status, body: Starlette's CORSMiddleware says why)
+    ("allowed", ORIGIN, "POST", "Content-Type, X-API-Key", 200, "OK"),
+    ("other-origin", "http://evil.example", "POST", "Content-Type", 400, "Disallowed CORS origin"),
+    ("lookalike-origin", "http://localhost:3000.evil.example", "POST", None, 400, "Disallowed CORS origin"),
+    ("other-method", ORIGIN, "DELETE", None, 400, "Disallowed CORS method"),
+    ("other-header", ORIGIN, "POST", "X-Forwarded-User", 400, "Disallowed CORS headers"),
+]
+
+
+def csv_set(value: str | None) -> set[str]:
+    return {part.strip().lower() for part in (value or "").split(",") if part.strip()}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("origin", "method", "requested", "status", "text"), [p[1:] for p in PREFLIGHTS], ids=[p[0] for p in PREFLIGHTS])
+async def test_a_preflight_is_answered_for_allowed_origins_only(origin: str, method: str, requested: str | None, status: int, text: str) -> None:
+    headers = {"Origin": origin, "Access-Control-Request-Method": method}
+    if requested:
+        headers["Access-Control-Request-Headers"] = requested
+    # with an API key set: a browser sends its preflight without the key, so it must not need one
+    async with serving(tiny_app(cors_origins=ORIGIN, api_key=KEY)) as client:
+        response = await client.options("/v1/explain", headers=headers)
+    assert (response.status_code, response.text) == (status, text)
+    # the browser sends the request only if all three headers admit it
+    origin_ok = response.headers.get("access-control-allow-origin") == origin
+    method_ok = method.lower() in csv_set(response.headers.get("access-control-allow-methods"))
+    headers_ok = csv_set(requested) <= csv_set(response.headers.get("access-control-allow-headers"))
+    assert (origin_ok, method_ok, headers_ok) == (origin == ORIGIN, method == "POST", requested != "X-Forwarded-User")
+    if status == 200:
+        assert response.headers["access-control-max-age"] == "600"
+
+
+@pytest.mark.anyio
+async def test_errors_reach_an_allowed_origin_and_nothing_reaches_another() -> None:
+    """A browser lets the page read a 401 or 413 only if the error carries the CORS headers."""
+    big = b"x" * 2_000_000
+    async with serving(tiny_app(cors_origins=ORIGIN, api_key=KEY, max_upload_bytes=1024)) as client:
+        unauthorized = await client.get("/v1/models", headers={"Origin": ORIGIN})
+        too_large = await client.post(
+            "/v1/predict", content=big, headers={"Origin": ORIGIN, "X-API-Key": KEY, "Content-Type": "application/json"}
+        )
+        elsewhere = await client.get("/v1/models", headers={"Origin": "http://evil.example", "X-API-Key": KEY})
+    for response, status in ((unauthorized, 401), (too_large, 413)):
+        assert response.status_code == status, response.text
+        assert response.headers["access-control-allow-origin"] == ORIGIN
+        assert "retry-after" in response.headers["access-control-expose-headers"].lower()
+        assert set(response.json()) == {"error"}
+    assert elsewhere.status_code == 200  # CORS is the browser's rule: the server answers, without the header
+    assert "access-control-allow-origin" not in elsewhere.headers

@@ -61,6 +61,24 @@ def test_request_count_limit(loop: asyncio.AbstractEventLoop) -> None:
         scheduler.submit(item(loop, cost=1))
 
 
+def test_check_answers_like_submit_without_admitting(loop: asyncio.AbstractEventLoop) -> None:
+    """The API's check before reading an upload: the same refusals, and nothing is enqueued."""
+    closed = Scheduler(max_forwards=100, max_requests=10)
+    with pytest.raises(ServiceUnavailable):
+        closed.check("predict", 1, time.monotonic() + 60)
+    scheduler = open_scheduler(max_forwards=100, max_requests=2)
+    scheduler.check("scorecam", 100, time.monotonic() + 60)
+    assert scheduler.depth() == 0 and scheduler.pending_forwards() == 0
+    scheduler.submit(item(loop, cost=90))
+    scheduler.check("predict", 10, time.monotonic() + 60)
+    with pytest.raises(QueueFull, match="MAX_QUEUE_FORWARDS"):
+        scheduler.check("predict", 11, time.monotonic() + 60)
+    scheduler.submit(item(loop, cost=1))
+    with pytest.raises(QueueFull, match="MAX_QUEUE_REQUESTS"):
+        scheduler.check("predict", 1, time.monotonic() + 60)
+    assert scheduler.depth() == 2
+
+
 def test_lanes_take_turns(loop: asyncio.AbstractEventLoop) -> None:
     scheduler = open_scheduler()
     for kind, model in [("scorecam", "a"), ("scorecam", "a"), ("predict", "a"), ("scorecam", "b")]:

@@ -54,10 +54,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=RESPONSES,
 )
 async def explain(request: Request, service: ServiceDep, settings: SettingsDep) -> Any:
+    service.check_capacity()  # an overloaded service refuses before the upload is read ...
     data, options = await read_image_request(request, ExplainOptions)
+    spec = explain_spec(options)
+    service.check_explain(spec)  # ... and before it is decoded, once the request's cost is known
     limits = ImageLimits(settings.max_upload_bytes, settings.max_megapixels)
     image = await asyncio.to_thread(decode_image, data, limits)
-    spec = explain_spec(options)
     if wants_event_stream(request.headers.get("accept")):
         feed = ProgressFeed()
         pending = await service.submit_explain(image, spec, feed)

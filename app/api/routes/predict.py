@@ -27,6 +27,7 @@ router = APIRouter(tags=["inference"])
     responses=error_responses(400, 401, 404, 413, 415, 422, 503, 504),
 )
 async def predict(request: Request, service: ServiceDep, settings: SettingsDep) -> PredictResponse:
+    service.check_capacity()  # an overloaded service refuses before the upload is read
     data, options = await read_image_request(request, PredictOptions)
     limits = ImageLimits(settings.max_upload_bytes, settings.max_megapixels)
     image = await asyncio.to_thread(decode_image, data, limits)
