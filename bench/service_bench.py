@@ -23,9 +23,7 @@ import asyncio
 import base64
 import io
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +35,8 @@ from fastapi import File, UploadFile
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.serving import ServerProcess  # noqa: E402
 
 
 # ---- the baseline server ------------------------------------------------------------------
@@ -123,31 +123,12 @@ class LevelResult:
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def start_server(kind: str, batch_size: int | None, ready_timeout: float) -> ServerProcess:
+    def command(port: int) -> list[str]:
+        args = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
+        return args + (["--batch-size", str(batch_size)] if batch_size is not None else [])
 
-
-def start_server(kind: str, batch_size: int | None, ready_timeout: float) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    args = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
-    if batch_size is not None:
-        args += ["--batch-size", str(batch_size)]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{kind} server exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)  # polling another process's port, with a deadline
-    process.kill()
-    raise RuntimeError(f"{kind} server not ready after {ready_timeout} s")
+    return ServerProcess(command_for_port=command).start(ready_timeout)
 
 
 async def sweep_level(
@@ -246,28 +227,26 @@ def main() -> None:
     print(f"cpu cores: {os.cpu_count()}, image: {len(image)} bytes, levels: {levels}")
     results: list[LevelResult] = []
 
-    process, url = start_server("service", args.batch_size, ready_timeout=600)
+    server = start_server("service", args.batch_size, ready_timeout=600)
     try:
         for clients in levels:
             count = max(args.requests, clients)
-            results.append(asyncio.run(sweep_level("service", url, image, clients, count, args.seconds, form)))
+            results.append(asyncio.run(sweep_level("service", server.url, image, clients, count, args.seconds, form)))
             print_table(results[-1:])
     finally:
-        process.terminate()
-        process.wait(timeout=120)
+        server.stop(timeout_s=120)
 
     if not args.no_baseline:
-        process, url = start_server("baseline", None, ready_timeout=600)
+        server = start_server("baseline", None, ready_timeout=600)
         try:
             for clients in [int(v) for v in args.baseline_levels.split(",")]:
                 count = max(args.baseline_requests, clients)
                 results.append(
-                    asyncio.run(sweep_level("baseline", url, image, clients, count, args.baseline_seconds, {}))
+                    asyncio.run(sweep_level("baseline", server.url, image, clients, count, args.baseline_seconds, {}))
                 )
                 print_table(results[-1:])
         finally:
-            process.terminate()
-            process.wait(timeout=120)
+            server.stop(timeout_s=120)
 
     print("\nall levels")
     print_table(results)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -28,12 +28,21 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A server on a free loopback port: the embedded default model, or ``tiny`` (tests/api/tinynet.py)."""
+    """A server on a free loopback port: the embedded default model, ``tiny`` (tests/api/tinynet.py), or a given command."""
 
-    def __init__(self, tiny: bool = False, env: Mapping[str, str] | None = None, tiny_delay_s: float = 0.01) -> None:
+    def __init__(
+        self,
+        tiny: bool = False,
+        env: Mapping[str, str] | None = None,
+        tiny_delay_s: float = 0.01,
+        command_for_port: Callable[[int], list[str]] | None = None,
+    ) -> None:
+        """``command_for_port`` runs another server (a benchmark's peer) on the chosen port instead."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        if tiny:
+        if command_for_port is not None:
+            command = command_for_port(self.port)
+        elif tiny:
             command = [sys.executable, str(ROOT / "tests/api/serve_tiny.py"), str(self.port), str(tiny_delay_s)]
         else:
             command = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)]

@@ -139,8 +139,7 @@ class ScoreCamService:
         """Validate an explanation's options and check the queue can take its cost (before decoding)."""
         self._ensure_serving()
         plan = self._plan_explain(spec)
-        deadline = time.monotonic() + self.settings.request_timeout_s
-        self._counting_refusals(lambda: self.scheduler.check(plan.kind, plan.cost, deadline))
+        self.check_capacity(plan.kind, plan.cost)
 
     # ---- models --------------------------------------------------------------------------
 
@@ -185,11 +184,10 @@ class ScoreCamService:
         started = time.monotonic()
         self._ensure_serving()
         plan = self._plan_explain(spec)
-        model = plan.model
-        x = await asyncio.to_thread(model.loaded.preprocessing.full_tensor, image)
+        x = await asyncio.to_thread(plan.model.loaded.preprocessing.full_tensor, image)
         item = self._item(
             plan.kind,
-            model,
+            plan.model,
             x.unsqueeze(0),
             cost=plan.cost,
             top_k=spec.top_k,
@@ -204,7 +202,7 @@ class ScoreCamService:
             metric_forwards=plan.metric_cost,
         )
         self._submit(item)
-        return PendingExplanation(self, item, model, image, spec, plan.layer, started)
+        return PendingExplanation(self, item, plan, image, spec, started)
 
     def _plan_explain(self, spec: ExplainSpec) -> ExplainPlan:
         """What an explanation will run and cost; raises for an unknown model, layer or bad classes."""
@@ -299,18 +297,16 @@ class PendingExplanation:
         self,
         service: ScoreCamService,
         item: WorkItem,
-        model: ServedModel,
+        plan: ExplainPlan,
         image: Image.Image,
         spec: ExplainSpec,
-        layer: str,
         started: float,
     ) -> None:
         self.service = service
         self.item = item
-        self.model = model
+        self.plan = plan
         self.image = image
         self.spec = spec
-        self.layer = layer
         self.started = started
 
     @property
@@ -322,13 +318,13 @@ class PendingExplanation:
 
     async def outcome(self) -> ExplainOutcome:
         output: ExplainOutput = await self.service._await(self.item)
-        model, image, spec = self.model, self.image, self.spec
+        model, image, spec = self.plan.model, self.image, self.spec
         explanations = await asyncio.to_thread(render_explanations, model, output, image, spec.outputs)
         stats = output.results[0].stats
         return ExplainOutcome(
             model=model.name,
             method=spec.method,
-            layer=self.layer,
+            layer=self.plan.layer,
             width=image.width,
             height=image.height,
             predictions=top_predictions(model, output.probabilities, PREDICTIONS_IN_EXPLAIN),
