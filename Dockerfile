@@ -89,13 +89,16 @@ COPY --from=weights --chown=10001:10001 /opt/weights /var/cache/scorecam
 # the torch hub cache (TORCH_HOME) and the Hugging Face cache (HF_HOME, some timm models). Mount a
 # volume there for the weights of models other than the embedded one. MALLOC_ARENA_MAX=2 keeps
 # glibc from holding one arena per thread's peak (bench/soak_bench.py: resident memory -1.9 %
-# instead of +7.3 % over a 5-minute soak).
+# instead of +7.3 % over a 5-minute soak). SCORECAM_CACHE_DIR keeps the OpenVINO conversion of each
+# model (openvino comes with the project's dependencies) under the same writable folder, so a
+# restart with a volume there converts nothing; a read-only filesystem only costs the conversion.
 ENV PATH=/opt/venv/bin:$PATH \
     MALLOC_ARENA_MAX=2 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TORCH_HOME=/var/cache/scorecam/torch \
     HF_HOME=/var/cache/scorecam/huggingface \
+    SCORECAM_CACHE_DIR=/var/cache/scorecam \
     SCORECAM_HOST=0.0.0.0 \
     SCORECAM_PORT=8000
 

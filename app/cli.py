@@ -22,6 +22,7 @@ from typing import Any
 
 METHODS = ("scorecam", "gradcam", "gradcam++")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RUNTIMES = ("auto", "torch", "openvino")
 WEIGHTINGS = ("probability", "channel-softmax")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
@@ -30,7 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scorecam`` console script; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from app.allocator import tune_malloc
     from app.errors import ScoreCamError
+
+    if args.command in ("serve", "explain"):
+        tune_malloc()  # no page faults per masked batch (app/allocator.py); the library never does this
 
     try:
         return int(args.run(args) or 0)
@@ -50,12 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scorecam", description="Score-CAM service: classify images and explain each decision."
     )
+    from app.version import VERSION  # importlib.metadata only: --help and --version stay instant
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="start the REST service (settings from SCORECAM_* variables)")
     serve.add_argument("--host", help="address to listen on (overrides SCORECAM_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides SCORECAM_PORT)")
     serve.add_argument("--models", help="models to load, comma-separated (overrides SCORECAM_MODELS)")
+    serve.add_argument("--runtime", choices=RUNTIMES, help="masked-forward runtime (overrides SCORECAM_RUNTIME)")
     serve.set_defaults(run=_serve)
 
     models = sub.add_parser("models", help="list the models and their target layers")
@@ -78,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--weighting", choices=WEIGHTINGS, default="probability", help="Score-CAM only")
     explain.add_argument("--max-channels", type=int, help="Score-CAM only: use at most N channels (faster)")
     explain.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    explain.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                         help="masked-forward runtime: auto (OpenVINO on a CPU where it converts and agrees), torch, openvino")
     explain.add_argument("--opacity", type=float, default=0.5, help="heatmap opacity of the overlays (0-1)")
     explain.add_argument("--out", type=Path, default=Path("scorecam-out"), help="output folder")
     explain.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
@@ -97,6 +108,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     if args.models is not None:
         overrides["models"] = args.models
+    if args.runtime is not None:
+        overrides["runtime"] = args.runtime
     try:
         settings = Settings(**overrides)
     except ValueError as exc:  # pydantic's ValidationError: name the bad variable, skip the traceback
@@ -148,6 +161,7 @@ def _explain(args: argparse.Namespace) -> int:
     explainer = LocalExplainer(
         model=args.model, method=args.method, layer=args.layer, precision=args.precision,
         weighting=args.weighting, max_channels=args.max_channels, device=args.device, classes=classes,
+        runtime=args.runtime,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"model": explainer.loaded.name, "method": args.method,
@@ -206,7 +220,8 @@ class LocalExplainer:
     """The core without a server: one model from the registry, one CAM method, many images."""
 
     def __init__(self, model: str | None, method: str, layer: str | None, precision: str,
-                 weighting: str, max_channels: int | None, device: str, classes: list[int] | None = None) -> None:
+                 weighting: str, max_channels: int | None, device: str, classes: list[int] | None = None,
+                 runtime: str = "auto") -> None:
         from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel, ScoreCAM
         from app.models import default_registry
 
@@ -223,7 +238,8 @@ class LocalExplainer:
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = InferenceModel(self.loaded.module, device=device, precision=precision,
-                                    input_size=self.loaded.preprocessing.input_size)
+                                    input_size=self.loaded.preprocessing.input_size,
+                                    runtime=runtime if method == "scorecam" else "torch", label=self.loaded.name)
         if method == "scorecam":
             self.cam: Any = ScoreCAM(self.model, layer=self.layer, weighting=weighting, max_channels=max_channels)
         else:

@@ -9,6 +9,7 @@ what is valid, instead of failing on the first request.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -16,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RUNTIMES = ("auto", "torch", "openvino")
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -51,6 +53,14 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="Default compute precision of the masked forwards."
     )
+    runtime: Literal["auto", "torch", "openvino"] = Field(
+        default="auto",
+        description="Runtime of the masked forwards: auto (OpenVINO on a CPU where it converts and agrees), torch, openvino.",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Folder for converted models kept between starts (default: ~/.cache/scorecam, or $XDG_CACHE_HOME/scorecam).",
+    )
     allow_download: bool = Field(default=False, description="Allow downloading weights that are not local.")
     warmup_max_channels: int = Field(default=8, ge=1, description="Channels of the warm-up explanation.")
     tune_batch_size: bool = Field(default=True, description="Measure the fastest masked batch size at start-up.")
@@ -75,6 +85,12 @@ class Settings(BaseSettings):
     max_megapixels: float = Field(default=40.0, gt=0, description="Largest accepted image (width x height / 1e6).")
     max_classes: int = Field(default=10, ge=1, le=1000, description="Most target classes per explanation.")
     max_top_k: int = Field(default=100, ge=1, description="Largest top_k of /v1/predict.")
+    max_aspect_ratio: float = Field(
+        default=50.0, ge=1, description="Longest image side over its shortest (a 1 x 100000 strip is refused)."
+    )
+    max_output_pixels: int = Field(
+        default=100_000_000, ge=1, description="Pixels one explanation may render: image pixels x classes x outputs."
+    )
 
     # HTTP
     cors_origins: CommaList = Field(default=[], description="Origins allowed by CORS, comma-separated (off when empty).")
@@ -82,6 +98,10 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address to listen on (0.0.0.0 in a container).")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info")
+    max_connections: int = Field(default=1000, ge=1, description="Open connections and requests before new ones get 503.")
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, le=3600, description="Idle keep-alive connections close after this.")
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600, description="A request's head must arrive within this.")
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="Longest wait for the next part of a body (408).")
 
     # Internals that tests and operators may tune
     batch_history: int = Field(default=512, ge=1, description="Batches kept in the batch-composition ring buffer.")
@@ -104,6 +124,14 @@ class Settings(BaseSettings):
         if not DEVICE_PATTERN.match(value):
             raise ValueError(f"SCORECAM_DEVICE={value!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
         return value
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _runtime_known(cls, value: object) -> object:
+        text = str(value).strip().lower()
+        if text not in RUNTIMES:
+            raise ValueError(f"SCORECAM_RUNTIME={value!r} is not valid; use {', '.join(RUNTIMES)}")
+        return text
 
     @field_validator("cors_origins")
     @classmethod

@@ -21,6 +21,16 @@ class ScoreCamError(Exception):
         self.message = message
 
 
+MAX_ECHO_CHARS = 80  # longest piece of the caller's input an error message quotes
+
+
+def quoted(value: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message never echoes a 100 KB name back."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 def close_matches(name: str, valid: Iterable[str], limit: int = 5) -> str:
     """A short "did you mean" hint, or the list of valid names when nothing is close."""
     valid = sorted(valid)
@@ -36,7 +46,7 @@ class UnknownModel(ScoreCamError):
     code = "unknown_model"
 
     def __init__(self, name: str, valid: Iterable[str]) -> None:
-        super().__init__(f"unknown model {name!r}; {close_matches(name, valid)}")
+        super().__init__(f"unknown model {quoted(name)}; {close_matches(name[:200], valid)}")
         self.name = name
 
 
@@ -44,7 +54,7 @@ class UnknownLayer(ScoreCamError):
     code = "unknown_layer"
 
     def __init__(self, name: str, valid: Iterable[str]) -> None:
-        super().__init__(f"unknown layer {name!r}; {close_matches(name, valid)}")
+        super().__init__(f"unknown layer {quoted(name)}; {close_matches(name[:200], valid)}")
         self.name = name
 
 

@@ -15,18 +15,19 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.deps import ApiKeyDep
 from app.api.errors import install_error_handlers
-from app.api.middleware import BodyLimitMiddleware, MetricsMiddleware, body_limit
-from app.api.routes import explain, health, metrics, models, predict
+from app.api.middleware import BodyLimitMiddleware, FramingMiddleware, MetricsMiddleware, body_limit
+from app.api.openapi import install_schema_limits, mount_docs
+from app.api.routes import explain, health, metrics, models, predict, v2
 from app.api.routes.web import mount_demo_page
 from app.config import Settings
 from app.service.inference import ScoreCamService
 from app.service.metrics import ServiceMetrics
 from app.service.registry_state import ModelSource
 from app.service.threads import install_default_executor
+from app.version import VERSION
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "0.1.0"
 DESCRIPTION = """\
 Classify images with convolutional networks and explain each decision with Score-CAM heatmaps.
 
@@ -63,10 +64,15 @@ def create_app(settings: Settings | None = None, *, model_source: ModelSource | 
 
     app = FastAPI(
         title="Score-CAM service",
-        version=API_VERSION,
+        version=VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
+        redirect_slashes=False,  # the redirect would echo the Host header: /v1/models/ is a plain 404
+        docs_url=None,  # served by mount_docs, from local files
+        redoc_url=None,
     )
+    install_schema_limits(app, settings)
+    mount_docs(app)
     app.state.settings = settings
     app.state.service = service
     app.state.metrics = metrics_
@@ -78,11 +84,15 @@ def create_app(settings: Settings | None = None, *, model_source: ModelSource | 
     v1.include_router(predict.router)
     v1.include_router(explain.router)
     app.include_router(v1, prefix="/v1")
+    app.include_router(v2.health, prefix="/v2")  # the Open Inference Protocol (KServe V2, Triton)
+    app.include_router(v2.router, prefix="/v2")
     app.include_router(metrics.router, dependencies=[ApiKeyDep])
     mount_demo_page(app)
 
     # add_middleware wraps from the inside out: the last one added runs first.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=body_limit(settings.max_upload_bytes))
+    app.add_middleware(
+        BodyLimitMiddleware, max_body_bytes=body_limit(settings.max_upload_bytes), body_timeout_s=settings.body_timeout_s
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics_)
     if settings.cors_origins:
         app.add_middleware(
@@ -93,4 +103,5 @@ def create_app(settings: Settings | None = None, *, model_source: ModelSource | 
             expose_headers=["Retry-After"],
             max_age=600,
         )
+    app.add_middleware(FramingMiddleware)  # outermost: an ambiguously framed request reaches nothing
     return app

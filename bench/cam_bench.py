@@ -2,20 +2,25 @@
 
 CPU (default): the embedded EfficientNet-Lite0 at `bn2` on photos of
 ../shared/eval/imagenet-samples (224×224), pytorch-grad-cam ScoreCAM (batch_size 32) against
-this engine in exact fp32 mode and in default mode (auto precision, auto batch size). Each map
-is compared (Pearson) with the float64 one-channel-at-a-time reference of tests/cam/reference.py.
+this engine on each runtime (torch eager; OpenVINO where installed) × each precision the CPU
+computes natively (fp32; bf16 with AVX512-BF16/AMX), auto batch size. Each map is compared
+(Pearson) with the float64 one-channel-at-a-time reference of tests/cam/reference.py. Every row
+also gets the runtime's own plain forward throughput at the same batch size and precision (the
+ceiling), the engine's share of it, and the minor page faults of one explanation. The allocator
+is tuned as the CLI and server tune it (app/allocator.py) unless --no-malloc-tuning.
 
     .venv/bin/python bench/cam_bench.py --images 3
+    .venv/bin/python bench/cam_bench.py --images 1 --max-channels 16 --peer-images 0 --reference-images 0  # smoke
     .venv/bin/python bench/cam_bench.py --device cuda --model resnet50 --images 4
 
-With --device cuda the model is ResNet-50 `layer4` (random weights are fine for timing) and the
-table adds the plain forward throughput of the same model at the same batch size and precision
-(the ceiling the engine's masks/s can approach).
+With --device cuda the model is ResNet-50 `layer4` (random weights are fine for timing), on torch
+in fp32 and bf16.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -28,8 +33,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.allocator import tune_malloc  # noqa: E402
 from app.cam import InferenceModel, ScoreCAM  # noqa: E402
 import app.cam.score_cam as score_cam_module  # noqa: E402
+from app.cam.precision import DECIDING_CPU_FLAGS, cpu_flags, native_precisions  # noqa: E402
+from app.cam.runtimes import openvino_version  # noqa: E402
 from app.models import default_registry  # noqa: E402
 from tests.cam.reference import pearson, reference_score_cam  # noqa: E402
 
@@ -84,7 +92,7 @@ def run_peer(module: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, c
 
 
 def plain_forward_rate(model: InferenceModel, side: int, precision: str, seconds: float = 3.0) -> float:
-    """Images per second of the fast model alone, at the engine's batch size and precision."""
+    """Images per second of the runtime alone (random batches), at the engine's batch size and precision."""
     batch = torch.randn(model.batch_size, 3, side, side, device=model.device)
     model.forward_masked(batch, precision)
     sync(model.device)
@@ -96,23 +104,56 @@ def plain_forward_rate(model: InferenceModel, side: int, precision: str, seconds
     return count / (time.perf_counter() - start)
 
 
-def explain_profiled(cam: ScoreCAM, x: torch.Tensor, cls: int | None, prof: Profile) -> tuple[list, float]:
-    """One explanation with mask building and masked forwards timed separately."""
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def explain_profiled(cam: ScoreCAM, x: torch.Tensor, cls: int | None, prof: Profile) -> tuple[list, float, int]:
+    """One explanation with mask building and masked forwards timed separately; also its page faults."""
     model = cam.model
     original_build, original_forward = score_cam_module.build_masked_inputs, model.forward_masked
     score_cam_module.build_masked_inputs = prof.wrap("build masks", original_build)
     model.forward_masked = prof.wrap("masked forwards", original_forward)  # type: ignore[method-assign]
     try:
         sync(prof.device)
-        start = time.perf_counter()
+        faults, start = minor_faults(), time.perf_counter()
         results = cam(x, classes=None if cls is None else [cls])
         sync(prof.device)
-        seconds = time.perf_counter() - start
+        seconds, faults = time.perf_counter() - start, minor_faults() - faults
     finally:
         score_cam_module.build_masked_inputs = original_build
         del model.forward_masked
     prof.seconds["total"] += seconds
-    return results, seconds
+    return results, seconds, faults
+
+
+def build_modes(
+    module: torch.nn.Module, device: torch.device, side: int, torch_compile: bool = False
+) -> tuple[dict[str, InferenceModel], str]:
+    """One engine per runtime × native precision, and the label of the row the default (auto) picks.
+
+    ``torch_compile`` adds rows where the eager copy is replaced by ``torch.compile`` (inductor) of it:
+    a measurement only (compiling takes minutes on 2 cores), not a runtime the service offers.
+    """
+    runtimes = ["torch"] + (["openvino"] if device.type == "cpu" and openvino_version() else [])
+    precisions = [p for p in ("fp32", "bf16", "fp16") if p in native_precisions(device)]
+    if device.type == "cuda":
+        precisions = [p for p in precisions if p != "fp16"] or ["fp32"]
+    modes: dict[str, InferenceModel] = {}
+    for runtime in runtimes:
+        for precision in precisions:
+            model = InferenceModel(module, device, precision=precision, batch_size="auto", runtime=runtime,
+                                   input_size=side)
+            if model.runtime_name != runtime:
+                print(f"({runtime} {precision}: not available, see the log; row left out)", file=sys.stderr)
+                continue
+            modes[f"{runtime} {precision}"] = model
+    for precision in precisions if torch_compile else []:
+        model = InferenceModel(module, device, precision=precision, batch_size="auto", input_size=side)
+        model.torch_runtime.fast = torch.compile(model.fast)  # type: ignore[assignment]
+        modes[f"torch.compile {precision}"] = model
+    auto = InferenceModel(module, device, runtime="auto", input_size=side)
+    return modes, f"{auto.runtime_name} {auto.precision}"
 
 
 def main() -> None:
@@ -124,8 +165,13 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="efficientnet_lite0 (CPU default) or resnet50 (CUDA default)")
     parser.add_argument("--layer", default=None)
     parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--max-channels", type=int, default=None, help="cap the engine's channels (a quick check only)")
+    parser.add_argument("--plain-seconds", type=float, default=3.0, help="seconds of plain forwards per row")
+    parser.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc's allocator at its defaults")
+    parser.add_argument("--torch-compile", action="store_true", help="add torch.compile (inductor) rows (slow to compile)")
     args = parser.parse_args()
 
+    tuned = False if args.no_malloc_tuning else tune_malloc()
     device = torch.device(args.device)
     name = args.model or ("resnet50" if device.type == "cuda" else "efficientnet_lite0")
     loaded = default_registry().load(name, weights=None if (args.random_weights or name != "efficientnet_lite0") else "default")
@@ -135,13 +181,10 @@ def main() -> None:
     peer_n = args.images if args.peer_images is None else args.peer_images
     ref_n = (args.images if device.type == "cpu" else 0) if args.reference_images is None else args.reference_images
 
-    modes = {"exact fp32": InferenceModel(loaded.module, device, precision="fp32", batch_size="auto")}
-    if device.type == "cuda":
-        modes["bf16"] = InferenceModel(loaded.module, device, precision="bf16", batch_size="auto")
-    else:
-        modes["default (auto)"] = InferenceModel(loaded.module, device)
+    modes, default_mode = build_modes(loaded.module, device, side, args.torch_compile)
     for model in modes.values():
         model.tune_batch_size(side)
+        ScoreCAM(model, layer, max_channels=8)(images[0].to(device))  # untimed: first-call costs, heap growth
 
     rows: dict[str, dict[str, list[float]]] = {m: defaultdict(list) for m in [*modes, "pytorch-grad-cam"]}
     profiles = {m: Profile(device) for m in modes}
@@ -151,10 +194,12 @@ def main() -> None:
         cls = None
         for mode, model in modes.items():
             prof = profiles[mode]
-            [[result]], seconds = explain_profiled(ScoreCAM(model, layer), x, cls, prof)
+            cam = ScoreCAM(model, layer, max_channels=args.max_channels)
+            [[result]], seconds, faults = explain_profiled(cam, x, cls, prof)
             cls = result.class_index
             rows[mode]["seconds"].append(seconds)
             rows[mode]["forwards"].append(result.stats.forwarded)
+            rows[mode]["faults"].append(faults)
             maps[mode] = result.map
         if i < peer_n:
             seconds, peer_map = run_peer(loaded.module.to(device), loaded.module.get_submodule(layer), x, cls)
@@ -168,43 +213,50 @@ def main() -> None:
                 rows[mode]["pearson"].append(pearson(m.cpu(), ref))
         print(f"image {i + 1}/{len(images)}: class {cls}, " + ", ".join(f"{m} {r['seconds'][-1]:.2f}s" for m, r in rows.items() if r["seconds"]), flush=True)
 
-    report(rows, profiles, modes, side, name, layer, device)
+    rates = {mode: plain_forward_rate(model, side, model.precision, args.plain_seconds) for mode, model in modes.items()}
+    header(name, layer, side, device, tuned, args.max_channels)
+    report(rows, profiles, modes, rates, default_mode)
 
 
-def report(rows, profiles, modes, side, name, layer, device) -> None:  # type: ignore[no-untyped-def]
+def header(name: str, layer: str, side: int, device: torch.device, tuned: bool, max_channels: int | None) -> None:
+    flags = " ".join(f"{f}={'yes' if f in cpu_flags() else 'no'}" for f in DECIDING_CPU_FLAGS)
+    print(f"\nScore-CAM on {name} layer {layer}, {side}x{side}, device {device}"
+          + (f", at most {max_channels} channels (a check, not a measurement)" if max_channels else ""))
+    print(f"CPU flags: {flags}; torch {torch.__version__}, openvino {(openvino_version() or 'not installed').split('-')[0]}, "
+          f"{torch.get_num_threads()} threads, malloc {'tuned (app/allocator.py)' if tuned else 'glibc defaults'}")
+
+
+def report(rows, profiles, modes, rates, default_mode) -> None:  # type: ignore[no-untyped-def]
     peer = rows["pytorch-grad-cam"]["seconds"]
     peer_mean = statistics.mean(peer) if peer else float("nan")
-    print(f"\nScore-CAM on {name} layer {layer}, {side}x{side}, device {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'method':<20} {'precision':>9} {'batch':>5} {'s/image':>8} {'masks/s':>8} {'fwd/img':>7} "
-          f"{'pearson':>8} {'speedup':>8}")
+    print(f"{'runtime':<18} {'precision':>9} {'batch':>5} {'s/image':>8} {'masks/s':>8} {'plain/s':>8} "
+          f"{'share':>6} {'faults':>8} {'pearson':>8} {'speedup':>8}")
     for mode, r in rows.items():
         if not r["seconds"]:
             continue
         sec = statistics.mean(r["seconds"])
         model = modes.get(mode)
+        runtime = mode.split()[0] + (" *" if mode == default_mode else "") if model else mode
         precision = model.precision if model else "fp32"
         batch = model.batch_size if model else 32
-        fwd = statistics.mean(r["forwards"])
-        masks = fwd / sec
+        masks = statistics.mean(f / s for f, s in zip(r["forwards"], r["seconds"]))
+        plain = f"{rates[mode]:.1f}" if model else "-"
+        share = f"{masks / rates[mode]:.0%}" if model else "-"
+        faults = f"{statistics.mean(r['faults']):.0f}" if r["faults"] else "-"
         pear = f"{min(r['pearson']):.5f}" if r["pearson"] else "-"
-        ratio = peer_mean / sec
-        print(f"{mode:<20} {precision:>9} {batch:>5} {sec:>8.2f} {masks:>8.1f} {fwd:>7.0f} {pear:>8} {ratio:>7.1f}x")
-    print("\n(pearson: the lowest over the images, against the float64 reference; speedup: "
-          "pytorch-grad-cam's mean seconds per image over the mode's)")
+        speedup = f"{peer_mean / sec:.1f}x" if peer else "-"
+        print(f"{runtime:<18} {precision:>9} {batch:>5} {sec:>8.2f} {masks:>8.1f} {plain:>8} {share:>6} {faults:>8} "
+              f"{pear:>8} {speedup:>8}")
+    print("\n(* the default, what SCORECAM_RUNTIME=auto and precision auto pick here; plain/s: the runtime's own "
+          "forwards of random batches at the same batch size and precision; share: masks/s over plain/s; faults: "
+          "minor page faults per explanation; pearson: the lowest over the images, against the float64 reference; "
+          "speedup: pytorch-grad-cam's mean seconds per image over the row's)")
     print("\nWhere the engine's time goes (share of its total):")
     for mode, prof in profiles.items():
         total = prof.seconds["total"] or 1.0
         parts = ", ".join(f"{k} {v / total:.0%}" for k, v in prof.seconds.items() if k != "total")
         rest = 1 - sum(v for k, v in prof.seconds.items() if k != "total") / total
         print(f"  {mode}: {parts}, capture+planning+combine {rest:.0%}")
-    print("\nPlain forward throughput of the same fast model (the ceiling), images/s:")
-    for mode, model in modes.items():
-        rate = plain_forward_rate(model, side, model.precision)
-        masks = [f / s for f, s in zip(rows[mode]["forwards"], rows[mode]["seconds"])]
-        share = statistics.mean(masks) / rate
-        print(f"  {mode}: plain {rate:.1f}/s at batch {model.batch_size}, engine {statistics.mean(masks):.1f} masks/s "
-              f"= {share:.0%} of plain")
 
 
 if __name__ == "__main__":

@@ -34,15 +34,16 @@ ServiceDep = Annotated[ScoreCamService, Depends(get_service)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 
 
-def presented_key(x_api_key: str | None, authorization: str | None) -> str | None:
-    """The key from ``X-API-Key`` or ``Authorization: Bearer <key>``."""
-    if x_api_key:
-        return x_api_key.strip()
+def presented_keys(x_api_key: str | None, authorization: str | None) -> list[str]:
+    """The keys from ``X-API-Key`` and ``Authorization: Bearer <key>`` (either may be sent, or both)."""
+    keys = []
+    if x_api_key and x_api_key.strip():
+        keys.append(x_api_key.strip())
     if authorization:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    return None
+            keys.append(token.strip())
+    return keys
 
 
 async def require_api_key(
@@ -50,14 +51,19 @@ async def require_api_key(
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:
-    """401 unless the configured key is presented (constant-time comparison); open when unset."""
+    """401 unless the configured key is presented (constant-time comparison); open when unset.
+
+    Either header may carry it: a stale ``X-API-Key`` (say, from a proxy) does not hide a valid
+    ``Authorization: Bearer``.
+    """
     if settings.api_key is None:
         return
-    key = presented_key(x_api_key, authorization)
-    if key is None:
+    keys = presented_keys(x_api_key, authorization)
+    if not keys:
         raise Unauthorized("an API key is required; send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'")
     expected = settings.api_key.get_secret_value().encode()
-    if not hmac.compare_digest(key.encode(), expected):
+    matches = [hmac.compare_digest(key.encode(), expected) for key in keys]  # compare all: no early exit
+    if not any(matches):
         raise Unauthorized("the API key is not valid")
 
 

@@ -6,6 +6,7 @@ errors and Starlette's 404/405 are reshaped to match, so a client parses one for
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any
@@ -15,11 +16,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from app import errors as domain
-from app.service.work import InternalError
+from app.service.work import InternalError, next_request_id
 
 log = logging.getLogger(__name__)
+MAX_MESSAGE_CHARS = 1000  # messages quote the caller's input: a 100 KB model name is not echoed back
+CLIENT_CLOSED = 499  # nginx's "client closed request": the status label of an aborted upload
 
 STATUS_BY_ERROR: dict[type[domain.ScoreCamError], int] = {
     domain.UnknownModel: 404,
@@ -42,6 +47,7 @@ HTTP_CODES: dict[int, str] = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
@@ -57,11 +63,25 @@ class Unauthorized(domain.ScoreCamError):
     code = "unauthorized"
 
 
+class BodyTimeout(domain.ScoreCamError):
+    """The client stopped sending its body (SCORECAM_BODY_TIMEOUT_S): an HTTP concern too."""
+
+    code = "request_timeout"
+
+
 STATUS_BY_ERROR[Unauthorized] = 401
+STATUS_BY_ERROR[BodyTimeout] = 408
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
+    error: dict[str, Any] = {"code": code, "message": shorten(message)}
     if details is not None:
         error["details"] = details
     return {"error": error}
@@ -81,6 +101,8 @@ def error_headers(error: domain.ScoreCamError) -> dict[str, str]:
         headers["Retry-After"] = str(max(1, math.ceil(retry)))
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="scorecam"'
+    if isinstance(error, BodyTimeout):
+        headers["Connection"] = "close"  # the rest of the body may still come: never read it as a request
     return headers
 
 
@@ -88,6 +110,9 @@ def error_response(error: domain.ScoreCamError) -> JSONResponse:
     body = error_body(error.code, error.message)
     headers = error_headers(error)
     request_id = getattr(error, "request_id", None)
+    if not request_id and status_of(error) == 500:
+        request_id = next_request_id()
+        log.error("%s (request %s): %s", error.code, request_id, error.message)
     if request_id:  # a 500 names the request, so the operator finds its traceback in the log
         body["error"]["request_id"] = request_id
         headers["X-Request-ID"] = request_id
@@ -124,16 +149,30 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTP_CODES.get(exc.status_code, "error")
     message = str(exc.detail)
+    path = shorten(request.url.path, 200)
     if exc.status_code == 404 and message == "Not Found":
-        message = f"no route {request.url.path}; see /docs for the API"
+        message = f"no route {path}; see /docs for the API"
     elif exc.status_code == 405:
-        message = f"method {request.method} is not allowed on {request.url.path}"
+        message = f"method {request.method} is not allowed on {path}"
     return JSONResponse(error_body(code, message), exc.status_code, headers=getattr(exc, "headers", None))
 
 
+async def client_disconnect_handler(request: Request, _exc: Exception) -> Response:
+    """The client went away mid-upload: not a server error, so no traceback and no 500.
+
+    Nobody reads the answer; its status (499) is what the request metrics count.
+    """
+    log.info("client disconnected during %s %s", request.method, shorten(request.url.path, 200))
+    return Response(status_code=CLIENT_CLOSED)
+
+
 async def unexpected_error_handler(_request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
-    return JSONResponse(error_body("internal_error", "an unexpected error occurred; see the server log"), 500)
+    """A bug: logged with its traceback under a request id that the 500's body and header carry."""
+    request_id = next_request_id()
+    log.exception("unhandled error (request %s)", request_id, exc_info=exc)
+    body = error_body("internal_error", f"an unexpected error occurred; the server log names it {request_id}")
+    body["error"]["request_id"] = request_id
+    return JSONResponse(body, 500, headers={"X-Request-ID": request_id})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -141,4 +180,31 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(ValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(ClientDisconnect, client_disconnect_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
+    shape_protocol_errors(app)
+
+
+PROTOCOL_PREFIX = "/v2"  # the Open Inference Protocol's routes (app/api/routes/v2.py)
+
+
+def shape_protocol_errors(app: FastAPI) -> None:
+    """Under /v2 every handler's answer becomes the protocol's ``{"error": "<message>"}``,
+    with the same status and headers as /v1's, so tritonclient and KServe clients read it."""
+    for key, handler in list(app.exception_handlers.items()):
+        app.exception_handlers[key] = _protocol_shaped(handler)
+
+
+def _protocol_shaped(handler: Any) -> Any:
+    async def shaped(request: Request, exc: Exception) -> Response:
+        response = await handler(request, exc)
+        path = request.url.path
+        protocol = path == PROTOCOL_PREFIX or path.startswith(PROTOCOL_PREFIX + "/")
+        if not protocol or not isinstance(response, JSONResponse):
+            return response
+        error = json.loads(bytes(response.body)).get("error")
+        message = error.get("message", "") if isinstance(error, dict) else str(error)
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return JSONResponse({"error": message}, response.status_code, headers=headers)
+
+    return shaped

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import re
+import sys
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -74,6 +75,11 @@ async def _read_json(request: Request, model: type[Options]) -> tuple[bytes, Opt
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidOption(f"the body is not valid JSON: {exc}") from exc
+    except ValueError:  # an integer literal over Python's 4,300-digit limit (sys.get_int_max_str_digits)
+        raise InvalidOption(
+            f"the JSON body holds a number of more than {sys.get_int_max_str_digits()} digits; "
+            "send each option within its valid range"
+        ) from None
     except RecursionError:  # "[[[[...]]]]": nesting deeper than the parser's recursion limit
         raise InvalidOption("the JSON body is nested too deeply; send a flat object with 'image' and options") from None
     if not isinstance(payload, dict):

@@ -3,17 +3,21 @@
 ``BodyLimitMiddleware`` refuses an over-size upload from its Content-Length before reading it,
 and stops a chunked or lying upload as soon as it passes the limit, so no oversized body is
 ever held in memory; either 413 closes the connection, so the rest of the upload is never read.
-``MetricsMiddleware`` counts requests by route template and status.
+It also answers 408 (and closes) when the body stops coming for ``body_timeout_s``.
+``FramingMiddleware`` refuses a request that carries both Content-Length and Transfer-Encoding
+(RFC 9112 section 6.3: the framing is ambiguous, the classic request-smuggling vector) with 400 and
+a closed connection. ``MetricsMiddleware`` counts requests by route template and status.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import error_body
+from app.api.errors import BodyTimeout, error_body
 from app.errors import ImageTooLarge
 from app.service.metrics import ServiceMetrics
 
@@ -26,9 +30,10 @@ def body_limit(max_upload_bytes: int) -> int:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
@@ -38,15 +43,27 @@ class BodyLimitMiddleware:
         if declared is not None and declared > self.max_body_bytes:
             await _send_too_large(send, declared, self.max_body_bytes)
             return
-        limit = self.max_body_bytes
+        limit, timeout = self.max_body_bytes, self.body_timeout_s
         received = 0
         passed = False
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal received, passed
-            message = await receive()
+            nonlocal received, passed, body_done
+            if body_done or timeout is None:  # after the body: a disconnect watcher may wait forever
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), timeout)
+                except TimeoutError:
+                    passed = True
+                    raise BodyTimeout(
+                        f"no part of the request body arrived for {timeout:g} s (SCORECAM_BODY_TIMEOUT_S); "
+                        f"{received} bytes were read"
+                    ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
                     passed = True
                     raise ImageTooLarge(f"the request body passed {limit} bytes, the upload limit; send a smaller image")
@@ -62,6 +79,30 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, closing_send)
 
 
+class FramingMiddleware:
+    """400 and close for a request with both Content-Length and Transfer-Encoding.
+
+    h11 frames such a request by Transfer-Encoding and keeps the connection open, so a proxy that
+    framed it by Content-Length would see the bytes after the chunked body as a second request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            names = {name for name, _ in scope.get("headers", [])}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                await _send_error(
+                    send,
+                    400,
+                    "bad_request",
+                    "the request has both Content-Length and Transfer-Encoding; send exactly one of them",
+                )
+                return
+        await self.app(scope, receive, send)
+
+
 def _content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", []):
         if name == b"content-length":
@@ -73,17 +114,20 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _send_too_large(send: Send, declared: int, limit: int) -> None:
-    body = json.dumps(
-        error_body(
-            ImageTooLarge.code,
-            f"the request body is {declared} bytes; the limit is {limit} bytes (SCORECAM_MAX_UPLOAD_BYTES "
-            "for the image, base64 and form overhead included)",
-        )
-    ).encode()
+    message = (
+        f"the request body is {declared} bytes; the limit is {limit} bytes (SCORECAM_MAX_UPLOAD_BYTES "
+        "for the image, base64 and form overhead included)"
+    )
+    await _send_error(send, 413, ImageTooLarge.code, message)
+
+
+async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+    """An error answer in the one JSON shape that closes the connection (the body is never read)."""
+    body = json.dumps(error_body(code, message)).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")],
         }
     )

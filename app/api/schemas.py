@@ -75,13 +75,13 @@ class ExplainOptions(BaseModel):
 class PredictJSON(PredictOptions):
     """/v1/predict as application/json."""
 
-    image: str = Field(description="The image file's bytes, base64 encoded (a data: URL prefix is accepted).")
+    image: str = Field(min_length=1, description="The image file's bytes, base64 encoded (a data: URL prefix is accepted).")
 
 
 class ExplainJSON(ExplainOptions):
     """/v1/explain as application/json."""
 
-    image: str = Field(description="The image file's bytes, base64 encoded (a data: URL prefix is accepted).")
+    image: str = Field(min_length=1, description="The image file's bytes, base64 encoded (a data: URL prefix is accepted).")
 
 
 # ---- responses ---------------------------------------------------------------------------
@@ -113,6 +113,9 @@ class ModelEntry(BaseModel):
     default: bool
     device: str = Field(examples=["cpu"])
     precision: str = Field(examples=["bf16"])
+    runtime: str = Field(
+        default="torch", description="Runtime of the masked forwards: torch or openvino.", examples=["openvino"]
+    )
     input_size: int = Field(examples=[224])
     num_classes: int = Field(examples=[1000])
     target_layer: str = Field(examples=["bn2"])
@@ -121,6 +124,7 @@ class ModelEntry(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelEntry]
+    version: str = Field(description="The service's version (pyproject.toml).", examples=["0.1.0"])
 
 
 class LabelList(BaseModel):
@@ -163,6 +167,10 @@ class MetricsOut(BaseModel):
     fractions: list[float] = Field(description="Share of pixels deleted / inserted at each curve point (n + 1 points).")
     deletion_curve: list[float] = Field(description="Class probability as the most important pixels are deleted.")
     insertion_curve: list[float] = Field(description="Class probability as the most important pixels are inserted.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="Precision of the metric forwards: fp32 whatever the masks used, so the numbers do not depend on the CPU.",
+    )
 
 
 class ExplanationOut(BaseModel):

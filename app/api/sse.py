@@ -1,8 +1,14 @@
 """Server-Sent Events for /v1/explain: progress while the worker runs, then the result.
 
 No job state is kept on the server: the stream is the request, so any replica can serve it.
-Events: ``queued`` ({"request_id"}), ``progress`` ({"done", "total"}: masked forwards),
+Events: ``queued`` ({"request_id"}), ``progress`` ({"done", "total"}: forward passes),
 then exactly one of ``result`` (the usual response body) or ``error`` ({"error": ..., "status"}).
+
+sse-starlette's ``EventSourceResponse`` does the framing, the keep-alive comments and the
+disconnect watch (a closed stream cancels the generator, whose ``finally`` drops the work).
+Its automatic shutdown drain is turned off: on SIGTERM it would cut every open stream at once,
+while this service lets in-flight explanations finish within SCORECAM_GRACEFUL_TIMEOUT_S and
+ends each stream with its result (the lifespan's drain bounds them).
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import AppStatus
+
 from app.api.encoders import explain_json
 from app.api.errors import error_body, status_of
 from app.errors import ScoreCamError
@@ -21,15 +30,17 @@ from app.service.inference import PendingExplanation
 log = logging.getLogger(__name__)
 KEEPALIVE_S = 15.0
 MEDIA_TYPE = "text/event-stream"
-HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SEPARATOR = "\n"  # the WHATWG framing with LF only, as browsers' and most parsers' examples show
+
+AppStatus.disable_automatic_graceful_drain()
 
 
 def wants_event_stream(accept: str | None) -> bool:
     return bool(accept) and MEDIA_TYPE in accept.lower()  # type: ignore[union-attr]
 
 
-def sse_event(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+def sse_event(event: str, data: Any) -> ServerSentEvent:
+    return ServerSentEvent(json.dumps(data, separators=(",", ":")), event=event, sep=SEPARATOR)
 
 
 class ProgressFeed:
@@ -44,8 +55,8 @@ class ProgressFeed:
         self.changed.set()
 
 
-async def explain_stream(pending: PendingExplanation, feed: ProgressFeed) -> AsyncIterator[bytes]:
-    """The event stream of one explanation; closing it (client gone) cancels the work."""
+async def explain_events(pending: PendingExplanation, feed: ProgressFeed) -> AsyncIterator[ServerSentEvent]:
+    """The events of one explanation; closing the stream (client gone) cancels the work."""
     outcome = asyncio.ensure_future(pending.outcome())
     sent: tuple[int, int] | None = None
     try:
@@ -53,15 +64,13 @@ async def explain_stream(pending: PendingExplanation, feed: ProgressFeed) -> Asy
         while not outcome.done():
             waiter = asyncio.ensure_future(feed.changed.wait())
             try:
-                await asyncio.wait({outcome, waiter}, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({outcome, waiter}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
             feed.changed.clear()
             if feed.latest is not None and feed.latest != sent:
                 sent = feed.latest
                 yield sse_event("progress", {"done": sent[0], "total": sent[1]})
-            elif not outcome.done():
-                yield b": keep-alive\n\n"
         try:
             body = explain_json(outcome.result())
         except ScoreCamError as exc:
@@ -75,3 +84,10 @@ async def explain_stream(pending: PendingExplanation, feed: ProgressFeed) -> Asy
         if not outcome.done():
             outcome.cancel()
             pending.cancel()
+
+
+def explain_stream(pending: PendingExplanation, feed: ProgressFeed) -> EventSourceResponse:
+    """The streaming response of one explanation (no caching, no proxy buffering, keep-alives)."""
+    return EventSourceResponse(
+        explain_events(pending, feed), ping=KEEPALIVE_S, sep=SEPARATOR, headers={"Cache-Control": "no-cache"}
+    )

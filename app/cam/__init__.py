@@ -16,6 +16,7 @@ from app.cam.grad_cam import GradCAM, GradCAMPlusPlus
 from app.cam.inference import InferenceModel
 from app.cam.precision import PRECISIONS, resolve_precision
 from app.cam.results import CamResult, CamStats
+from app.cam.runtimes import RUNTIMES
 from app.cam.scheduler import fill_batch, run_batch, run_jobs
 from app.cam.score_cam import WEIGHTINGS, MaskChunk, ScoreCAM, ScoreCamJob
 
@@ -24,6 +25,7 @@ METHODS: dict[str, type[BaseCAM]] = {"scorecam": ScoreCAM, "gradcam": GradCAM, "
 __all__ = [
     "METHODS",
     "PRECISIONS",
+    "RUNTIMES",
     "WEIGHTINGS",
     "BaseCAM",
     "CamResult",

@@ -1,4 +1,10 @@
-"""Capturing a layer's activations (and, when asked, their gradients) in one forward pass."""
+"""Capturing a layer's activations (and, when asked, their gradients) in one forward pass.
+
+The hook keeps the layer's own output and hands the rest of the network a copy: an in-place op
+after the layer (torchvision's ``ReLU(inplace=True)`` after ``bn1``, a residual ``out += identity``
+after ``bn2``) would otherwise overwrite the captured tensor, and ``layer=bn1`` would explain the
+ReLU's output instead (and Grad-CAM would differentiate with respect to it).
+"""
 
 from __future__ import annotations
 
@@ -38,8 +44,9 @@ def capture(model: nn.Module, layer: nn.Module, layer_name: str, x: torch.Tensor
     """Run ``model`` on ``x`` [1, 3, H, W] with a hook on ``layer``; the hook is always removed."""
     stored: list[torch.Tensor] = []
 
-    def hook(_mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+    def hook(_mod: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor | None:
         stored.append(out)
+        return out.clone() if isinstance(out, torch.Tensor) else None  # what follows may modify it in place
 
     handle = layer.register_forward_hook(hook)
     try:

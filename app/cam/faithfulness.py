@@ -69,6 +69,7 @@ class Faithfulness:
     fractions: tuple[float, ...]
     deletion_curve: tuple[float, ...]
     insertion_curve: tuple[float, ...]
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         """The API's ``metrics`` object: the four numbers and the curves, JSON-ready."""
@@ -80,6 +81,7 @@ class Faithfulness:
             "fractions": list(self.fractions),
             "deletion_curve": list(self.deletion_curve),
             "insertion_curve": list(self.insertion_curve),
+            "precision": self.precision,
         }
 
 
@@ -184,6 +186,7 @@ class FaithfulnessJob(BatchJob):
             fractions=fractions,
             deletion_curve=deletion,
             insertion_curve=insertion,
+            precision=self.precision,
         )
 
 

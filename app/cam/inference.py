@@ -2,7 +2,9 @@
 
 Two views of one network: the original module (for hooks and gradients, fp32, so captured
 activations are exact) and a folded, channels_last copy for the hundreds of masked forwards
-Score-CAM needs, run in the chosen precision, in batches that halve on out-of-memory.
+Score-CAM needs, run in the chosen precision, in batches that halve on out-of-memory. The masked
+forwards go through a runtime (app/cam/runtimes): torch eager on that copy, or OpenVINO on a
+conversion of it where it is installed, converts and agrees with torch.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import copy
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,7 +21,8 @@ from torch import nn
 from app.cam.batch_size import default_batch_size, measure_best_batch_size
 from app.cam.folding import fold_batchnorm as folded_copy
 from app.cam.layers import layer_names
-from app.cam.precision import autocast, resolve_precision
+from app.cam.precision import resolve_precision
+from app.cam.runtimes import Runtime, TorchRuntime, check_runtime_name, choose_runtime, default_cache_dir
 from app.errors import InvalidOption
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,13 @@ class InferenceModel:
         batch_size: masked inputs per forward, or "auto" (measured by ``tune_batch_size``).
         fold_batchnorm: fold conv→BN pairs in the fast copy (checked against the original).
         channels_last: NHWC memory format for the fast copy (faster convolutions on CPU and GPU).
-        input_size: the square input side used to probe the model when folding.
+        input_size: the square input side used to probe the model when folding (and the one a
+            converted runtime is compiled for; other sizes run on torch).
+        runtime: who runs the masked forwards: "torch" (eager, the reference), "openvino" (CPU) or
+            "auto" (OpenVINO where it converts and agrees with torch, else torch). The library
+            defaults to "torch": converting, and writing the cache, happen only when asked.
+        cache_dir: where converted models are kept between starts (default: ``default_cache_dir()``).
+        label: the model's name in log lines.
     """
 
     def __init__(
@@ -46,7 +56,11 @@ class InferenceModel:
         fold_batchnorm: bool = True,
         channels_last: bool = True,
         input_size: int = 224,
+        runtime: str = "torch",
+        cache_dir: Path | str | None = None,
+        label: str | None = None,
     ) -> None:
+        check_runtime_name(runtime)
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise InvalidOption(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         self.device = torch.device(device)
@@ -59,8 +73,13 @@ class InferenceModel:
         probe = torch.randn(2, 3, input_size, input_size, device=self.device)
         fast = folded_copy(self.module, probe) if fold_batchnorm else copy.deepcopy(self.module)
         self.fast = fast.to(memory_format=torch.channels_last) if channels_last else fast
+        self.torch_runtime = TorchRuntime(self.fast, self.device, channels_last)
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        name = label or type(module).__name__
+        self.runtime: Runtime = choose_runtime(runtime, self.torch_runtime, input_size, cache, name)
         self.auto_batch = batch_size == "auto"
         self.batch_size: int = default_batch_size(self.device) if batch_size == "auto" else int(batch_size)
+        self.runtime.prepare(self.batch_size)
         self.oom_splits = 0
         self.on_oom: Callable[[int], None] | None = None
         self._lock = threading.Lock()
@@ -73,17 +92,22 @@ class InferenceModel:
         if self.auto_batch:
             side = input_size or self.input_size
             resolved = resolve_precision(precision or self.precision, self.device)
-            self.batch_size = measure_best_batch_size(
-                lambda b: self._forward(b, resolved), self.device, side
-            )
+            chosen = measure_best_batch_size(lambda b: self._forward(b, resolved), self.device, side)
+            if chosen != self.batch_size:
+                self.runtime.prepare(chosen)
+            self.batch_size = chosen
             log.info("batch size %d chosen for %s", self.batch_size, self.device)
         return self.batch_size
 
+    @property
+    def runtime_name(self) -> str:
+        """The runtime of the default precision's masked forwards ("torch" or "openvino")."""
+        probe = torch.empty(0, 3, self.input_size, self.input_size, device=self.device)
+        return self.runtime.name if self.runtime.accepts(probe, self.precision) else self.torch_runtime.name
+
     def _forward(self, batch: torch.Tensor, precision: str) -> torch.Tensor:
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), autocast(self.device, precision):
-            return self.fast(batch).float()
+        runtime = self.runtime if self.runtime.accepts(batch, precision) else self.torch_runtime
+        return runtime.forward(batch, precision)
 
     def forward_masked(self, batch: torch.Tensor, precision: str | None = None) -> torch.Tensor:
         """fp32 logits of ``batch`` (already on the device), in slices of at most ``batch_size``.

@@ -3,12 +3,18 @@
 `auto` picks bf16 where the hardware computes it natively (CUDA, or a CPU with AVX512-BF16 or
 AMX) and fp32 elsewhere: on a CPU without native bf16 the emulated kernels are several times
 *slower* than fp32 (measured on an AVX2-only EPYC: ~300 ms vs ~15 ms per 224² image).
+
+``SCORECAM_ASSUME_NATIVE_BF16=1`` makes a CPU without native bf16 behave as one that has it
+(``auto`` resolves to bf16, bf16 counts as native), so an AVX2-only machine can run what a bf16
+machine runs, about 20× slower; ``=0`` makes a bf16 CPU behave as an AVX2-only one. Tests and CI
+use it to cover the kind of CPU they do not run on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,20 +24,51 @@ from app.errors import InvalidOption
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ASSUME_NATIVE_BF16_ENV = "SCORECAM_ASSUME_NATIVE_BF16"
+DECIDING_CPU_FLAGS: tuple[str, ...] = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU advertises bf16 dot-product instructions (AVX512-BF16 or AMX-BF16)."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return bool(flags & {"avx512_bf16", "amx_bf16"})
-    return False
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def assumed_native_bf16() -> bool | None:
+    """The ``SCORECAM_ASSUME_NATIVE_BF16`` override: True, False, or None when unset."""
+    value = os.environ.get(ASSUME_NATIVE_BF16_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise InvalidOption(f"{ASSUME_NATIVE_BF16_ENV}={value!r} is not valid; use 1 (assume native bf16), 0 or auto")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16), or is told to assume so."""
+    assumed = assumed_native_bf16()
+    if assumed is not None:
+        return assumed
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def native_precisions(device: torch.device | str) -> tuple[str, ...]:
+    """The precisions ``device`` computes natively; the others are emulated (many times slower)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return ("fp32", "bf16", "fp16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
+    if device.type == "mps":
+        return ("fp32", "fp16")
+    return ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",)
 
 
 def resolve_precision(name: str, device: torch.device | str) -> str:

@@ -5,6 +5,10 @@ weights were trained for (resize the shorter side, centre crop), so the class sc
 published ones. ``full_tensor`` squeezes the whole photo to S x S with no crop, so a heatmap
 covers every pixel of the image the user sent; an image that is already S x S is used untouched,
 which keeps a round trip (image -> tensor -> heatmap overlay) free of resampling.
+
+Neither view allocates more than a small multiple of the model's input: resizing the shorter side
+of a 1 x 100000 strip to 256 would make a 256 x 25,600,000 image (20 GB) only to crop 224 x 224
+out of it, so past ``RESIZE_BUDGET`` the crop's region is resized alone.
 """
 
 from __future__ import annotations
@@ -22,6 +26,14 @@ from app.errors import InvalidOption
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final = (0.229, 0.224, 0.225)
 INTERPOLATIONS: Final = ("nearest", "bilinear", "bicubic")
+PIL_FILTERS: Final = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+# Largest resized image of the evaluation view, in units of resize_size ** 2: an aspect ratio up to
+# 16:1 is resized whole (bit-identical to torchvision's transform); beyond, only the crop's region.
+RESIZE_BUDGET: Final = 16
 
 
 def _triple(name: str, value: object) -> tuple[float, float, float]:
@@ -79,10 +91,30 @@ class Preprocessing:
         return InterpolationMode(self.interpolation)
 
     def eval_tensor(self, img: Image.Image) -> torch.Tensor:
-        """The evaluation view: shorter side to ``resize_size``, centre crop; float32 [3, S, S]."""
-        img = F.resize(_rgb(img), [self.resize_size], interpolation=self._mode, antialias=True)
-        img = F.center_crop(img, [self.input_size, self.input_size])
-        return self._to_normalized(img)
+        """The evaluation view: shorter side to ``resize_size``, centre crop; float32 [3, S, S].
+
+        A very elongated image (once resized, more than ``RESIZE_BUDGET * resize_size ** 2``
+        pixels) has only the crop's source region resized: Pillow's ``box`` takes the same
+        filter taps, so it differs from the whole resize by the rounding of the filter's
+        coefficients (a level or so in 255), at a cost bounded by the crop.
+        """
+        img = _rgb(img)
+        resized = self.resized_size(img.width, img.height)
+        if resized[0] * resized[1] <= RESIZE_BUDGET * self.resize_size**2:
+            img = F.resize(img, [self.resize_size], interpolation=self._mode, antialias=True)
+            img = F.center_crop(img, [self.input_size, self.input_size])
+            return self._to_normalized(img)
+        size = self.input_size
+        left, top = round((resized[0] - size) / 2.0), round((resized[1] - size) / 2.0)
+        sx, sy = img.width / resized[0], img.height / resized[1]
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return self._to_normalized(img.resize((size, size), PIL_FILTERS[self.interpolation], box=box))
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the shorter side is resized to ``resize_size`` (torchvision's rule)."""
+        short, long = sorted((width, height))
+        new_short, new_long = self.resize_size, int(self.resize_size * long / short)
+        return (new_short, new_long) if width <= height else (new_long, new_short)
 
     def full_tensor(self, img: Image.Image) -> torch.Tensor:
         """The whole image as S x S (aspect ratio not kept, nothing cropped); float32 [3, S, S].

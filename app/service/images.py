@@ -1,21 +1,28 @@
 """Decode uploaded bytes into an RGB PIL image, enforcing the upload and pixel limits.
 
-The pixel limit is checked against the size in the file's header, before any pixel is decoded,
-so a decompression bomb (a small file that expands to gigapixels) costs nothing.
+The pixel and aspect-ratio limits are checked against the size in the file's header, before any
+pixel is decoded, so a decompression bomb (a small file that expands to gigapixels) or a 1 x 100000
+strip (which the model's resize would blow up to gigapixels) costs nothing.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
+import logging
+import threading
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 
+log = logging.getLogger(__name__)
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+JPEG_VARIANTS = ("MPO",)  # a phone's multi-picture JPEG: its first picture is a plain JPEG
 WHITE = (255, 255, 255)
+# Pillow's own bomb check reads a module global; it is lifted only while our header is read
+# (our limit, stricter, follows at once), under a lock so concurrent decodes agree on it.
+_OPEN_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,7 @@ class ImageLimits:
 
     max_bytes: int
     max_megapixels: float
+    max_aspect_ratio: float | None = None  # longer side / shorter side; None: no limit
 
     @property
     def max_pixels(self) -> int:
@@ -47,28 +55,42 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         image.load()
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImage(f"the {image.format} image could not be decoded: {exc}") from exc
-    oriented = ImageOps.exif_transpose(image)
-    if oriented is not None:
-        image = oriented
+    image = _oriented(image)
     _check_pixels(image.size, limits)
     return to_rgb(image)
+
+
+def _oriented(image: Image.Image) -> Image.Image:
+    """The image as displayed (EXIF orientation applied); as stored when its EXIF is unreadable.
+
+    A malformed EXIF block is metadata, not pixels: Pillow's parser raises whatever its struct
+    reads hit (SyntaxError, struct.error, ValueError, KeyError, ...), so any error here means
+    "no usable orientation", never a failed request.
+    """
+    try:
+        oriented = ImageOps.exif_transpose(image)
+    except Exception as exc:  # noqa: BLE001 - untrusted metadata; see the docstring
+        log.debug("ignoring an unreadable EXIF block: %s: %s", type(exc).__name__, exc)
+        return image
+    return image if oriented is None else oriented
 
 
 def _open_header(data: bytes) -> Image.Image:
     """Read only the header: format and size, no pixels."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=None)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"the image has too many pixels: {exc}") from exc
+        with _OPEN_LOCK:
+            pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(io.BytesIO(data), formats=None)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pillow_limit
     except UnidentifiedImageError as exc:
         raise InvalidImage(
             "the bytes are not an image we can read; send JPEG, PNG, WebP, BMP or GIF"
         ) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImage(f"the image header could not be read: {exc}") from exc
-    if image.format not in SUPPORTED_FORMATS:
+    if image.format not in SUPPORTED_FORMATS + JPEG_VARIANTS:
         raise UnsupportedMediaType(
             f"image format {image.format} is not supported; send one of " + ", ".join(SUPPORTED_FORMATS)
         )
@@ -84,6 +106,12 @@ def _check_pixels(size: tuple[int, int], limits: ImageLimits) -> None:
         raise ImageTooLarge(
             f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
             f"the limit is {limits.max_megapixels:g} megapixels"
+        )
+    ratio = max(width, height) / min(width, height)
+    if limits.max_aspect_ratio is not None and ratio > limits.max_aspect_ratio:
+        raise InvalidImage(
+            f"the image is {width}x{height}, an aspect ratio of {ratio:,.1f}:1; the limit is "
+            f"{limits.max_aspect_ratio:g}:1 (SCORECAM_MAX_ASPECT_RATIO): crop or pad the image"
         )
 
 

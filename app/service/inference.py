@@ -20,7 +20,8 @@ from PIL import Image
 
 from app.config import Settings
 from app.errors import InvalidOption, QueueFull, ServiceUnavailable
-from app.service.metric_jobs import metric_forwards
+from app.service.feasibility import Allowance, check_fits, check_precision
+from app.service.metric_jobs import METRICS_PRECISION, metric_forwards
 from app.service.metrics import ServiceMetrics
 from app.service.outcomes import (
     ExplainOutcome,
@@ -32,11 +33,11 @@ from app.service.outcomes import (
     Timing,
 )
 from app.service.registry_state import ModelSource, ModelStore, ServedModel
-from app.service.render import heatmap_png, overlay_png, raw_map, resize_map
+from app.service.render import check_output_size, heatmap_png, overlay_png, raw_map, resize_map
 from app.service.scheduler import Scheduler, deadline_error
 from app.service.supervisor import Supervisor
 from app.service.warmup import warm_up
-from app.service.work import ExplainOutput, PredictOutput, ProgressCallback, WorkItem
+from app.service.work import Demand, ExplainOutput, PredictOutput, ProgressCallback, WorkItem
 from app.service.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,12 @@ class ExplainPlan:
     kind: str
     cost: int
     metric_cost: int
+    precision: str  # of the masked forwards, resolved (fp32, bf16 or fp16)
+
+    @property
+    def demand(self) -> Demand:
+        mask_precision = self.precision if self.kind == "scorecam" else "fp32"
+        return Demand(self.kind, self.model.name, mask_precision, self.cost, self.metric_cost)
 
 
 class ScoreCamService:
@@ -70,6 +77,8 @@ class ScoreCamService:
             batch_size=settings.explain_batch_size,
             allow_download=settings.allow_download,
             on_oom=metrics.observe_oom_split,
+            runtime=settings.runtime,
+            cache_dir=settings.cache_dir,
         )
         self.scheduler = Scheduler(settings.max_queue_forwards, settings.max_queue_requests, settings.batch_history)
         self.supervisor = Supervisor(self.scheduler, metrics, self._make_worker)
@@ -105,6 +114,14 @@ class ScoreCamService:
     def begin_drain(self) -> None:
         self.supervisor.begin_drain()
 
+    def fail_in_flight(self) -> None:
+        """The shutdown grace period is over: what still runs gets its 503 from its own handler."""
+        log.warning("grace period over; answering %d unfinished requests with 503", self.scheduler.depth())
+        self.supervisor.fail_in_flight(
+            "the service is shutting down and the request did not finish within its grace period "
+            "(SCORECAM_GRACEFUL_TIMEOUT_S); retry it"
+        )
+
     async def stop(self) -> None:
         await self.supervisor.stop(self.settings.graceful_timeout_s)
 
@@ -125,21 +142,21 @@ class ScoreCamService:
         if not self.ready:
             raise ServiceUnavailable(self.not_ready_reason() + "; retry shortly", retry_after_s=self.scheduler.retry_after_s())
 
-    def check_capacity(self, kind: str = "predict", cost: int = 1) -> None:
+    def check_capacity(self, demand: Demand | None = None) -> None:
         """Refuse now (503) work the queue could not take, before the upload is read and decoded.
 
-        Called with the cheapest cost before the body is read; the full check runs again at
-        submission, when the request's real cost is known.
+        Called with the cheapest demand (one prediction) before the body is read; the full check
+        runs again at submission, when the request's real cost is known.
         """
         self._ensure_serving()
         deadline = time.monotonic() + self.settings.request_timeout_s
-        self._counting_refusals(lambda: self.scheduler.check(kind, cost, deadline))
+        self._counting_refusals(lambda: self.scheduler.check(demand or Demand("predict"), deadline))
 
     def check_explain(self, spec: ExplainSpec) -> None:
         """Validate an explanation's options and check the queue can take its cost (before decoding)."""
         self._ensure_serving()
         plan = self._plan_explain(spec)
-        self.check_capacity(plan.kind, plan.cost)
+        self.check_capacity(plan.demand)
 
     # ---- models --------------------------------------------------------------------------
 
@@ -168,6 +185,24 @@ class ScoreCamService:
         timing = Timing(output.queue_ms, output.compute_ms, (time.monotonic() - started) * 1000.0)
         return PredictOutcome(model.name, image.width, image.height, predictions, timing)
 
+    async def predict_probabilities(self, source: Image.Image | torch.Tensor, model_name: str | None) -> torch.Tensor:
+        """Every class probability [C] of an image, or of a preprocessed input [3, S, S] (the Open
+        Inference Protocol's FP32 tensor), batched with /v1/predict's requests by the same worker."""
+        self._ensure_serving()
+        model = self.store.get(model_name)
+        if isinstance(source, torch.Tensor):
+            size = model.input_size
+            if tuple(source.shape) != (3, size, size):
+                shape = list(source.shape)
+                raise InvalidOption(f"an input of {model.name} is [N, 3, {size}, {size}] (preprocessed), got {shape}")
+            if not bool(torch.isfinite(source).all()):
+                raise InvalidOption("the input tensor holds NaN or infinite values")
+            x = source.float()
+        else:
+            x = await asyncio.to_thread(model.loaded.preprocessing.eval_tensor, source)
+        output: PredictOutput = await self._run(self._item("predict", model, x, cost=1, top_k=1))
+        return output.probabilities
+
     # ---- explain -------------------------------------------------------------------------
 
     async def explain(
@@ -184,6 +219,8 @@ class ScoreCamService:
         started = time.monotonic()
         self._ensure_serving()
         plan = self._plan_explain(spec)
+        classes = len(plan.classes) if plan.classes else spec.top_k
+        check_output_size(image.width, image.height, classes, len(spec.outputs), self.settings.max_output_pixels)
         x = await asyncio.to_thread(plan.model.loaded.preprocessing.full_tensor, image)
         item = self._item(
             plan.kind,
@@ -194,7 +231,7 @@ class ScoreCamService:
             method=spec.method,
             classes=plan.classes,
             layer=plan.layer,
-            precision=spec.precision,
+            precision=plan.precision,
             weighting=spec.weighting,
             max_channels=spec.max_channels,
             progress=progress,
@@ -205,14 +242,25 @@ class ScoreCamService:
         return PendingExplanation(self, item, plan, image, spec, started)
 
     def _plan_explain(self, spec: ExplainSpec) -> ExplainPlan:
-        """What an explanation will run and cost; raises for an unknown model, layer or bad classes."""
+        """What an explanation will run and cost; raises for an unknown model, layer, bad classes,
+        an emulated precision, or work that could not finish even alone (422, not a retryable 503)."""
         model = self.store.get(spec.model)
         layer = model.check_layer(spec.layer)
         classes = self._check_classes(model, spec)
+        precision = check_precision(spec.precision, model.inference.precision, model.inference.device)
         metric_cost = self._metrics_cost(model, spec, classes)
-        cost = self._explain_cost(model, spec, layer, classes) + metric_cost
+        mask_cost = self._explain_cost(model, spec, layer, classes)
         kind = "scorecam" if spec.method == "scorecam" else "grad"
-        return ExplainPlan(model, layer, classes, kind, cost, metric_cost)
+        plan = ExplainPlan(model, layer, classes, kind, mask_cost + metric_cost, metric_cost, precision)
+        allowance = Allowance(
+            forwards=self.scheduler.max_forwards,
+            deadline_s=self.settings.request_timeout_s,
+            mask_ceiling=self.scheduler.ceiling(model.name, plan.demand.precision),
+            metric_ceiling=self.scheduler.ceiling(model.name, METRICS_PRECISION),
+        )
+        explained = len(classes) if classes else spec.top_k
+        check_fits(allowance, spec.method, mask_cost, metric_cost, explained, model.input_size, spec.metrics_step)
+        return plan
 
     def _check_classes(self, model: ServedModel, spec: ExplainSpec) -> list[int] | None:
         limit = self.settings.max_classes
@@ -276,14 +324,22 @@ class ScoreCamService:
             raise
 
     async def _await(self, item: WorkItem) -> Any:
-        """Await the worker's answer until the deadline; cancel the work if we stop waiting."""
+        """Await the worker's answer until the deadline; stop the work if we stop waiting."""
         try:
             return await asyncio.wait_for(item.future, max(0.0, item.deadline - time.monotonic()))
         except TimeoutError:
+            self.stop_work(item, "deadline")
             raise deadline_error(item) from None
-        finally:
-            if not item.future.done() or item.future.cancelled():
-                self.scheduler.cancel(item)
+        except asyncio.CancelledError:  # the client went away (the handler or the stream was cancelled)
+            self.stop_work(item, "client_gone")
+            raise
+
+    def stop_work(self, item: WorkItem, reason: str) -> None:
+        """Nobody will read the answer: the worker serves the item no further batch (counted once)."""
+        if item.cancelled:
+            return
+        self.scheduler.cancel(item)
+        self.metrics.cancelled.labels(reason=reason).inc()
 
     async def _run(self, item: WorkItem) -> Any:
         self._submit(item)
@@ -314,7 +370,7 @@ class PendingExplanation:
         return self.item.request_id
 
     def cancel(self) -> None:
-        self.service.scheduler.cancel(self.item)
+        self.service.stop_work(self.item, "client_gone")
 
     async def outcome(self) -> ExplainOutcome:
         output: ExplainOutput = await self.service._await(self.item)

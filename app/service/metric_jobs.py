@@ -1,5 +1,9 @@
 """A request's faithfulness metrics as one batch job, so the worker schedules them like masks.
 
+The metric forwards run in fp32 whatever precision the explanation's masks used: bf16 moves a
+class probability by a few points (an Average Drop of 44.5 in bf16 was 46.9 in fp32 for the same
+map), and a faithfulness number must not depend on which CPU the service ran on.
+
 One ``FaithfulnessJob`` per explained class, wrapped so the worker sees one job per request
 (``item.job``): its chunks carry the wrapper as ``job`` and the class's chunk inside, so the
 worker's "which request does this chunk belong to" bookkeeping stays unchanged, and the
@@ -19,6 +23,9 @@ from app.cam import Faithfulness, FaithfulnessJob, faithfulness_forward_passes
 from app.cam.inference import InferenceModel
 from app.cam.precision import resolve_precision
 from app.cam.scheduler import BatchJob
+
+
+METRICS_PRECISION = "fp32"
 
 
 def metric_forwards(height: int, width: int, step: float, classes: int) -> int:
@@ -47,10 +54,10 @@ class RequestMetricsJob(BatchJob):
         x: torch.Tensor,
         results: Sequence[Any],
         step: float,
-        precision: str | None,
+        precision: str = METRICS_PRECISION,
     ) -> None:
         self.jobs = [FaithfulnessJob(model, x, r.class_index, r.map, step=step, precision=precision) for r in results]
-        resolved = resolve_precision(precision or model.precision, model.device)
+        resolved = resolve_precision(precision, model.device)
         super().__init__(model, resolved, sum(job.total for job in self.jobs))
 
     @property

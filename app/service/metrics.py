@@ -51,6 +51,12 @@ class ServiceMetrics:
             "scorecam_masked_forwards", "Masked forward passes run (rate() gives them per second).", registry=r
         )
         self.rejected = Counter("scorecam_rejected", "Requests refused by backpressure, by reason.", ["reason"], registry=r)
+        self.cancelled = Counter(
+            "scorecam_cancelled",
+            "Requests stopped before their answer, by reason: client_gone or deadline (their work stops within a batch).",
+            ["reason"],
+            registry=r,
+        )
         self.worker_restarts = Counter("scorecam_worker_restarts", "Times the worker thread was restarted.", registry=r)
         self.oom_splits = Counter(
             "scorecam_oom_splits",

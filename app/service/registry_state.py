@@ -12,12 +12,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel, ScoreCAM
 from app.cam.base import BaseCAM
+from app.cam.precision import native_precisions
 from app.errors import UnknownLayer, UnknownModel
 from app.models.loaded import LoadedModel
 
@@ -106,6 +108,7 @@ class ServedModel:
             "default": self.is_default,
             "device": str(self.inference.device),
             "precision": self.inference.precision,
+            "runtime": self.inference.runtime_name,
             "input_size": self.input_size,
             "num_classes": self.num_classes,
             "target_layer": self.loaded.default_layer,
@@ -126,6 +129,8 @@ class ModelStore:
         batch_size: int | None = None,
         allow_download: bool = False,
         on_oom: Callable[[str, int], None] | None = None,
+        runtime: str = "auto",
+        cache_dir: Path | None = None,
     ) -> None:
         self.source = source
         self.on_oom = on_oom  # (model name, new batch size) after each out-of-memory halving
@@ -135,6 +140,8 @@ class ModelStore:
         self.precision = precision
         self.batch_size = batch_size
         self.allow_download = allow_download
+        self.runtime = runtime  # of the masked forwards (app/cam/runtimes): auto, torch, openvino
+        self.cache_dir = cache_dir
         self._models: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
 
@@ -161,9 +168,18 @@ class ModelStore:
                 precision=self.precision,
                 batch_size=self.batch_size if self.batch_size is not None else "auto",
                 input_size=loaded.preprocessing.input_size,
+                runtime=self.runtime,
+                cache_dir=self.cache_dir,
+                label=name,
             )
             if self.on_oom is not None:
                 inference.on_oom = functools.partial(self.on_oom, name)
+            if inference.precision not in native_precisions(self.device):
+                log.warning(
+                    "model %s computes its masked forwards in %s, which %s only emulates (many times slower); "
+                    "requests may not ask for it, and SCORECAM_PRECISION=auto picks a native one",
+                    name, inference.precision, self.device,
+                )
             layers = loaded.layer_names()
             with self._lock:
                 self._models[name] = ServedModel(

@@ -2,7 +2,9 @@
 
 Every output has the uploaded image's width and height: the map (computed on the whole image
 squeezed to the model's input size) is resized back bilinearly, so no region is cropped away.
-The colormap is a small jet in numpy, so matplotlib is not needed at run time.
+The colormap is a small jet in numpy, so matplotlib is not needed at run time. The PNGs are
+built a band of rows at a time, so the float temporaries of the colormap and the blend cost a
+band, not the whole image: one class costs its float32 map plus the uint8 pixels of each PNG.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from app.errors import ImageTooLarge
+
 PNG_COMPRESS_LEVEL = 3  # level 6 (PIL's default) costs ~3x the time for ~10% smaller files
 OVERLAY_ALPHA = 0.5
+BAND_PIXELS = 1 << 18  # pixels per band of rows when building a PNG (~12 MB of float temporaries)
 
 
 @dataclass(frozen=True)
@@ -57,17 +62,54 @@ def png_base64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def output_pixels(width: int, height: int, classes: int, outputs: int) -> int:
+    """Pixels an explanation renders: one map of the image's size per class and output."""
+    return width * height * classes * outputs
+
+
+def check_output_size(width: int, height: int, classes: int, outputs: int, limit: int) -> None:
+    """Refuse (413) an explanation whose outputs would pass ``limit`` pixels, before it is queued.
+
+    Each output of each class is a full-resolution map (a float32 raw map alone is 5.3 base64
+    bytes a pixel), so a 40 MP image with 10 classes and 3 outputs would make gigabytes.
+    """
+    total = output_pixels(width, height, classes, outputs)
+    if total > limit:
+        raise ImageTooLarge(
+            f"this explanation would render {total / 1e6:,.1f} million pixels ({width}x{height} image x "
+            f"{classes} classes x {outputs} outputs); the limit is {limit / 1e6:,.1f} million "
+            "(SCORECAM_MAX_OUTPUT_PIXELS): ask for fewer classes (top_k, classes) or outputs, "
+            "or send a smaller image"
+        )
+
+
+def _bands(height: int, width: int) -> range:
+    return range(0, height, max(1, BAND_PIXELS // max(1, width)))
+
+
 def heatmap_png(array: np.ndarray) -> str:
     """Grayscale PNG (0 = no evidence, 255 = strongest) of a [H, W] map in [0, 1]."""
-    return png_base64(Image.fromarray((array * 255.0 + 0.5).astype(np.uint8), mode="L"))
+    height, width = array.shape
+    step = _bands(height, width).step
+    pixels = np.empty((height, width), dtype=np.uint8)
+    for top in _bands(height, width):
+        band = array[top : top + step]
+        pixels[top : top + step] = band * 255.0 + 0.5
+    return png_base64(Image.fromarray(pixels, mode="L"))
 
 
 def overlay_png(array: np.ndarray, image: Image.Image, alpha: float = OVERLAY_ALPHA) -> str:
     """The jet-coloured map blended onto the image: out = (1 - alpha) * image + alpha * colour."""
-    colour = jet(array).astype(np.float32)
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    blended = (1.0 - alpha) * base + alpha * colour
-    return png_base64(Image.fromarray((blended + 0.5).astype(np.uint8), mode="RGB"))
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    base = np.asarray(rgb)
+    height, width = array.shape
+    step = _bands(height, width).step
+    pixels = np.empty((height, width, 3), dtype=np.uint8)
+    for top in _bands(height, width):
+        colour = jet(array[top : top + step]).astype(np.float32)
+        blended = (1.0 - alpha) * base[top : top + step].astype(np.float32) + alpha * colour
+        pixels[top : top + step] = blended + 0.5
+    return png_base64(Image.fromarray(pixels, mode="RGB"))
 
 
 def raw_map(array: np.ndarray) -> RawMap:

@@ -4,6 +4,10 @@ Shared by the event loop (submit, cancel) and the worker thread (everything else
 condition variable; nothing here runs model code. The queue is bounded by pending masked forward
 passes, not only by request count, because one explanation can cost a thousand forwards and a
 prediction costs one.
+
+Both bounds (and the queue gauges) count every request until the device stops working on it: a
+cancelled request that has not started leaves at once, a started one (client gone, deadline
+passed) stays counted until the worker drops it, which it does before the next batch.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from app.errors import Cancelled, DeadlineExceeded, QueueFull, ScoreCamError, ServiceUnavailable
-from app.service.work import WorkItem
+from app.errors import Cancelled, DeadlineExceeded, InvalidOption, QueueFull, ScoreCamError, ServiceUnavailable
+from app.service.metric_jobs import METRICS_PRECISION
+from app.service.throughput import Throughput
+from app.service.work import Demand, WorkItem
 
 Lane = tuple[str, str]
-DEFAULT_FORWARDS_PER_S = 50.0  # before the first measurement
-MIN_BATCHES_MEASURED = 5  # batches before the throughput estimate is trusted for admission
 MAX_RETRY_AFTER_S = 300
 
 
@@ -34,6 +38,7 @@ class BatchRecord:
     size: int
     seconds: float
     at: float = field(default_factory=time.monotonic)
+    precision: str | None = None  # of a masked batch
 
 
 class Scheduler:
@@ -53,37 +58,41 @@ class Scheduler:
         self._batch_seq = 0
         self._closed_reason: str | None = "the service is starting"
         self._stopping = False
-        self._forwards_per_s = DEFAULT_FORWARDS_PER_S
-        self._batches_measured = 0
+        self.throughput = Throughput()  # guarded by ``cond`` like everything else
 
     # ---- event-loop side -------------------------------------------------------------------
 
     def submit(self, item: WorkItem) -> None:
-        """Admit an item or raise at once: ServiceUnavailable when closed, QueueFull when full."""
+        """Admit an item or raise at once: ServiceUnavailable when closed, QueueFull when full,
+        InvalidOption when it needs more forwards than the queue ever holds."""
         with self.cond:
-            self._refuse_if_full(item.kind, item.cost, item.deadline)
+            self._refuse_if_full(item.demand, item.deadline)
             self._open[id(item)] = item
             self._pending.append(item)
             if item.lane not in self._lanes:
                 self._lanes.append(item.lane)
             self.cond.notify_all()
 
-    def check(self, kind: str, cost: int, deadline: float) -> None:
+    def check(self, demand: Demand, deadline: float) -> None:
         """Raise what ``submit`` would raise for such work, without admitting anything.
 
         The API calls this before it reads and decodes an upload, so an overloaded service
         refuses in a few milliseconds instead of after the work of decoding an image.
         """
         with self.cond:
-            self._refuse_if_full(kind, cost, deadline)
+            self._refuse_if_full(demand, deadline)
 
     def cancel(self, item: WorkItem) -> None:
-        """Drop an item now (deadline passed or client gone); frees its queue capacity at once."""
+        """Stop an item (deadline passed or client gone).
+
+        Not started: it leaves the queue at once. Started: it stays counted (gauges, bounds) while
+        the device works on it; the worker serves it no further batch and drops it at its next step.
+        """
         with self.cond:
             item.cancel()
-            self._open.pop(id(item), None)
             if item in self._pending:
                 self._pending.remove(item)
+                self._open.pop(id(item), None)
             self.cond.notify_all()
 
     def pending_forwards(self) -> int:
@@ -96,7 +105,12 @@ class Scheduler:
 
     def retry_after_s(self) -> int:
         with self.cond:
-            return self._retry_after(self._backlog())
+            return self._retry_after()
+
+    def ceiling(self, model: str, precision: str) -> float | None:
+        """The measured pace no request beats (forwards/s), or None before it is measured."""
+        with self.cond:
+            return self.throughput.ceiling(model, precision)
 
     def open(self) -> None:
         """Start accepting work (after warm-up)."""
@@ -199,11 +213,16 @@ class Scheduler:
                 self.cond.notify_all()
 
     def next_group(self, model: str) -> list[WorkItem]:
-        """The active jobs of one model that can share a batch, groups taken in turn."""
+        """The active jobs of one model that can share a batch, groups taken in turn.
+
+        Cancelled and expired jobs are left out: the batch that was running when a client left
+        or a deadline passed is the last one that serves them.
+        """
         with self.cond:
+            now = time.monotonic()
             groups: dict[object, list[WorkItem]] = {}
             for item in self._active:
-                if item.model == model:
+                if item.model == model and not item.cancelled and not item.expired(now):
                     groups.setdefault(item.group, []).append(item)
             if not groups:
                 return []
@@ -226,17 +245,17 @@ class Scheduler:
             self.cond.notify_all()
             return items
 
-    def record_batch(self, kind: str, model: str, items: list[WorkItem], size: int, seconds: float) -> BatchRecord:
-        """Keep the batch's composition and update the measured throughput."""
+    def record_batch(
+        self, kind: str, model: str, items: list[WorkItem], size: int, seconds: float, precision: str | None = None
+    ) -> BatchRecord:
+        """Keep the batch's composition; a masked batch also updates its (model, precision) pace."""
         with self.cond:
             self._batch_seq += 1
-            record = BatchRecord(self._batch_seq, kind, model, tuple(i.request_id for i in items), size, seconds)
+            ids = tuple(i.request_id for i in items)
+            record = BatchRecord(self._batch_seq, kind, model, ids, size, seconds, precision=precision)
             self._history.append(record)
-            if kind == "scorecam" and seconds > 0:
-                rate = size / seconds
-                first = self._batches_measured == 0
-                self._forwards_per_s = rate if first else 0.8 * self._forwards_per_s + 0.2 * rate
-                self._batches_measured += 1
+            if kind == "scorecam" and precision is not None:
+                self.throughput.observe(model, precision, size, seconds)
             return record
 
     def update_remaining(self, item: WorkItem, remaining: int) -> None:
@@ -254,47 +273,65 @@ class Scheduler:
             self._active.remove(item)
         self.cond.notify_all()
 
-    def _refuse_if_full(self, kind: str, cost: int, deadline: float) -> None:
+    def _refuse_if_full(self, demand: Demand, deadline: float) -> None:
         if self._closed_reason is not None:
-            raise ServiceUnavailable(self._closed_reason, retry_after_s=self._retry_after(self._backlog()))
+            raise ServiceUnavailable(self._closed_reason, retry_after_s=self._retry_after())
+        if demand.forwards > self.max_forwards:  # never fits, whatever the queue holds: not retryable
+            raise InvalidOption(
+                f"this request needs about {demand.forwards} forward passes, over the limit of {self.max_forwards} "
+                "per request (SCORECAM_MAX_QUEUE_FORWARDS); ask for less work (max_channels, fewer classes)"
+            )
         backlog = self._backlog()
         if len(self._open) >= self.max_requests:
             raise QueueFull(
                 f"the queue holds {len(self._open)} requests, its limit (SCORECAM_MAX_QUEUE_REQUESTS); retry later",
-                retry_after_s=self._retry_after(backlog),
+                retry_after_s=self._retry_after(),
             )
-        if self._open and backlog + cost > self.max_forwards:
+        if backlog + demand.forwards > self.max_forwards:
             raise QueueFull(
                 f"the queue holds {backlog} pending forward passes and this request needs about "
-                f"{cost}; the limit is {self.max_forwards} (SCORECAM_MAX_QUEUE_FORWARDS); retry later",
-                retry_after_s=self._retry_after(backlog),
+                f"{demand.forwards}; the limit is {self.max_forwards} (SCORECAM_MAX_QUEUE_FORWARDS); retry later",
+                retry_after_s=self._retry_after(),
             )
-        wait = self._estimated_finish_s(kind, cost, backlog)
+        wait = self._estimated_finish_s(demand)
         if wait is not None and wait > deadline - time.monotonic():
             raise QueueFull(
                 f"the queue holds about {wait:.0f} s of work for this request, more than its deadline allows "
                 "(SCORECAM_REQUEST_TIMEOUT_S); retry later or ask for less work (max_channels)",
-                retry_after_s=self._retry_after(backlog),
+                retry_after_s=self._retry_after(),
             )
 
     def _backlog(self) -> int:
         return sum(item.remaining for item in self._open.values())
 
-    def _retry_after(self, backlog: int) -> int:
-        seconds = backlog / max(self._forwards_per_s, 1e-3)
-        return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(seconds))))
+    def _backlog_s(self) -> float:
+        """Seconds of work the open items still need, each at its own (model, precision) pace."""
+        total = 0.0
+        for item in self._open.values():
+            mask, metric = item.remaining_parts()
+            total += self.throughput.seconds(item.model, item.mask_precision, mask)
+            total += self.throughput.seconds(item.model, METRICS_PRECISION, metric)
+        return total
 
-    def _estimated_finish_s(self, kind: str, cost: int, backlog: int) -> float | None:
-        """Seconds until work of ``cost`` forwards would finish, once the throughput has been measured.
+    def _retry_after(self) -> int:
+        return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(self._backlog_s()))))
 
-        Jobs share batches fairly, so a request waits for at most the whole backlog, and for
-        less when it is small: about its own cost times the number of jobs sharing the device.
+    def _estimated_finish_s(self, demand: Demand) -> float | None:
+        """Seconds until ``demand`` would finish behind the open work; None when not estimated.
+
+        Not estimated for predictions (one forward, served between masked batches), on an idle
+        queue (the service refuses what cannot finish alone, at the measured ceiling, before it
+        gets here) and before its pace was measured. Jobs share batches fairly, so a request
+        waits for at most the whole backlog, and for less when it is small: about its own time
+        times the number of jobs sharing the device.
         """
-        if self._batches_measured < MIN_BATCHES_MEASURED or kind == "predict":
+        if demand.kind == "predict" or not self._open or not self.throughput.measured(demand.model, demand.precision):
             return None
+        mask, metric = demand.forwards - demand.metric_forwards, demand.metric_forwards
+        own = self.throughput.seconds(demand.model, demand.precision, mask)
+        own += self.throughput.seconds(demand.model, METRICS_PRECISION, metric)
         sharing = len(self._open) + 1
-        forwards = min(backlog + cost, cost * sharing)
-        return forwards / max(self._forwards_per_s, 1e-3)
+        return min(self._backlog_s() + own, own * sharing)
 
     def _has_work(self) -> bool:
         return bool(self._pending or self._active)

@@ -119,6 +119,10 @@ class Supervisor:
         for item in self.scheduler.drain_all():
             item.settle(error=ServiceUnavailable(reason, retry_after_s=1.0))
 
+    def fail_in_flight(self, reason: str) -> None:
+        """Answer every queued and running request with 503 now (the shutdown grace is over)."""
+        self._fail_queue(reason)
+
     def begin_drain(self) -> None:
         """Stop taking new work (SIGTERM): readiness turns false, running work continues."""
         self.draining = True

@@ -25,10 +25,11 @@ def warm_up(store: ModelStore, max_channels: int, tune_batch_size: bool, explain
         started = time.monotonic()
         warm_model(model, max_channels, tune_batch_size, explain_batch_size)
         log.info(
-            "model %s warm on %s in %.1f s (precision %s, batch size %d)",
+            "model %s warm on %s in %.1f s (runtime %s, precision %s, batch size %d)",
             model.name,
             model.inference.device,
             time.monotonic() - started,
+            model.inference.runtime_name,
             model.inference.precision,
             model.inference.batch_size,
         )

@@ -29,6 +29,21 @@ def next_request_id() -> str:
     return f"r{next(_ids)}"
 
 
+@dataclass(frozen=True)
+class Demand:
+    """What admission weighs: a request's forward passes and the (model, precision) pace they run at.
+
+    ``metric_forwards`` of the ``forwards`` run in fp32 (metric_jobs.METRICS_PRECISION), the rest in
+    ``precision``.
+    """
+
+    kind: str
+    model: str = ""
+    precision: str = "fp32"
+    forwards: int = 1
+    metric_forwards: int = 0
+
+
 @dataclass(eq=False)
 class WorkItem:
     """One request's work: its input, deadline, cost estimate and the future to settle."""
@@ -51,7 +66,7 @@ class WorkItem:
     method: str = "scorecam"
     classes: list[int] | None = None
     layer: str | None = None
-    precision: str | None = None
+    precision: str | None = None  # resolved by the service's plan (fp32, bf16 or fp16)
     weighting: str = "probability"
     max_channels: int | None = None
     progress: ProgressCallback | None = None
@@ -77,6 +92,21 @@ class WorkItem:
         if self.kind == "grad" and self.job is not None:
             return ("scorecam", self.model)
         return (self.kind, self.model)
+
+    @property
+    def demand(self) -> Demand:
+        """The whole request's demand (its cost, not what remains of it)."""
+        return Demand(self.kind, self.model, self.mask_precision, self.cost, self.metric_forwards)
+
+    @property
+    def mask_precision(self) -> str:
+        """The precision its masked forwards run at (predictions and Grad-CAM: fp32)."""
+        return self.precision if self.kind == "scorecam" and self.precision else "fp32"
+
+    def remaining_parts(self) -> tuple[int, int]:
+        """(mask forwards, metric forwards) still to run; the metric forwards come last."""
+        metric = min(self.remaining, self.metric_forwards)
+        return self.remaining - metric, metric
 
     def expired(self, now: float) -> bool:
         return now >= self.deadline

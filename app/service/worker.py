@@ -5,6 +5,8 @@ batch shared by the Score-CAM jobs of a model, or one Grad-CAM request. Score-CA
 a batch at a time, so a short explanation finishes while a long one is still running, and the
 deadline and cancellation of each request are checked between batches. With ``metrics=true``
 an explanation's faithfulness forwards then join the same masked batches, as a second job.
+A request whose client left or whose deadline passed gets no further batch: the scheduler leaves
+it out of the next group and the next step drops it.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class Worker:
             self.fault()
         for item, error in self.scheduler.purge(time.monotonic()):
             item.settle(error=error)
+        self.metrics.set_queue(self.scheduler.depth(), self.scheduler.pending_forwards())
         lane = self.scheduler.next_lane(IDLE_WAKE_S)
         self.metrics.set_queue(self.scheduler.depth(), self.scheduler.pending_forwards())
         if lane is None:
@@ -148,10 +151,10 @@ class Worker:
         self.metrics.observe_batch("predict", len(items))
         for index, item in enumerate(items):
             queued_since = item.started_at if item.started_at is not None else started
+            self.scheduler.finish(item)  # first: when the answer arrives, the queue no longer counts it
             item.settle(
                 PredictOutput(probabilities[index], ms_since(item.enqueued_at, queued_since), ms_since(started, finished))
             )
-            self.scheduler.finish(item)
 
     # ---- Score-CAM -----------------------------------------------------------------------
 
@@ -168,6 +171,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001
             self._fail(group, exc)
             return
+        precision = chunks[0].job.precision if chunks else None
         jobs_in_batch = {id(chunk.job) for chunk in chunks}
         members = [item for item in group if id(item.job) in jobs_in_batch]
         done_before = {id(item.job): item.job.done for item in members}
@@ -183,7 +187,7 @@ class Worker:
                 return
         seconds = time.monotonic() - started
         size = sum(len(chunk) for chunk in chunks if any(chunk.job is item.job for item in members))
-        self.scheduler.record_batch("scorecam", model.name, members, size, seconds)
+        self.scheduler.record_batch("scorecam", model.name, members, size, seconds, precision)
         self.metrics.observe_batch("scorecam", size)
         self.metrics.masked_forwards.inc(size)
         for item in members:
@@ -211,6 +215,10 @@ class Worker:
     def _start_job(self, model: ServedModel, item: WorkItem) -> None:
         """One base forward and the channel plan; the masked batches come later."""
         item.started_at = time.monotonic()
+        if item.cancelled or item.expired(item.started_at):  # left while an earlier job of this step started
+            for dropped, error in self.scheduler.purge(item.started_at):
+                dropped.settle(error=error)
+            return
         try:
             cam = model.scorecam(item.layer or model.loaded.default_layer, item.weighting, item.precision, item.max_channels)
             item.job = cam.start(item.x, item.classes, top_k=item.top_k)
@@ -263,7 +271,7 @@ class Worker:
             self._settle_explanation(item, output)
             return
         try:
-            job = RequestMetricsJob(model.inference, item.x, output.results, item.metrics_step, item.precision)
+            job = RequestMetricsJob(model.inference, item.x, output.results, item.metrics_step)
         except Exception as exc:  # noqa: BLE001
             self._fail([item], exc)
             return
@@ -281,8 +289,8 @@ class Worker:
         assert item.started_at is not None
         now = time.monotonic()
         queue_ms, compute_ms = ms_since(item.enqueued_at, item.started_at), ms_since(item.started_at, now)
-        item.settle(replace(output, queue_ms=queue_ms, compute_ms=compute_ms))
         self.scheduler.finish(item)
+        item.settle(replace(output, queue_ms=queue_ms, compute_ms=compute_ms))
 
     # ---- Grad-CAM / Grad-CAM++ -----------------------------------------------------------
 
@@ -321,5 +329,5 @@ class Worker:
                     f"the worker failed on request {item.request_id}: {type(exc).__name__}: {exc}",
                     request_id=item.request_id,
                 )
-            item.settle(error=error)
             self.scheduler.finish(item)
+            item.settle(error=error)

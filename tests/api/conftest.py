@@ -22,6 +22,7 @@ FAST = {
     "models": ["tiny"],
     "device": "cpu",
     "precision": "fp32",
+    "runtime": "torch",  # the gates and faults live in eager forward code a converted model would not run
     "tune_batch_size": False,
     "explain_batch_size": 4,
     "warmup_max_channels": 2,

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from app.api.deps import get_settings
 from app.main import create_app
-from app.server import uvicorn_config
+from app.server import ANSWER_MARGIN_S, uvicorn_config
 
 from .conftest import serving, tiny_app, tiny_settings
 
@@ -28,7 +28,7 @@ def test_factory_without_arguments_reads_the_environment(monkeypatch: pytest.Mon
 def test_server_config_follows_the_settings() -> None:
     settings = tiny_settings(host="0.0.0.0", port=9123, graceful_timeout_s=12.5)
     config = uvicorn_config(tiny_app(), settings)
-    assert (config.host, config.port, config.timeout_graceful_shutdown) == ("0.0.0.0", 9123, 13)
+    assert (config.host, config.port, config.timeout_graceful_shutdown) == ("0.0.0.0", 9123, 13 + ANSWER_MARGIN_S)
 
 
 async def test_settings_dependency_can_be_overridden(cat_png: bytes) -> None:

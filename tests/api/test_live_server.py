@@ -25,6 +25,14 @@ def scorecam_batches_of(app, request_ids: set[str] | None = None) -> list:  # ty
     return [r for r in app.state.service.scheduler.history() if r.kind == "scorecam"]
 
 
+def cancelled(client: httpx.Client) -> float:
+    """scorecam_cancelled_total{reason="client_gone"} from /metrics."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('scorecam_cancelled_total{reason="client_gone"} '):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_closing_an_event_stream_cancels_the_remaining_batches(cat_png: bytes, gate: Gate) -> None:
     app = tiny_app()
     scheduler = app.state.service.scheduler
@@ -34,13 +42,15 @@ def test_closing_an_event_stream_cancels_the_remaining_batches(cat_png: bytes, g
             "POST", "/v1/explain", files={"image": ("i.png", cat_png)}, headers={"Accept": "text/event-stream"}
         ) as response:
             assert response.status_code == 200
-            for line in response.iter_lines():
+            lines = response.iter_lines()  # held: an abandoned iterator, once collected, closes the connection
+            for line in lines:
                 if line.startswith("data:") and '"done":8' in line:
                     break  # two batches of four masks are done
             wait_until(gate.entered.is_set, what="the worker to hold the third batch")
-        # leaving the block closed the connection mid-stream
-        wait_until(lambda: scheduler.depth() == 0, what="the server to drop the request")
+        # leaving the block closed the connection mid-stream; the held batch is its last one
+        wait_until(lambda: cancelled(client) == 1, what="the server to notice the closed stream")
         gate.open()
+        wait_until(lambda: scheduler.depth() == 0, what="the server to drop the request")
         ran = len(scorecam_batches_of(app))
         after = client.post("/v1/predict", files={"image": ("i.png", cat_png)})  # the worker is free again
     assert after.status_code == 200
@@ -62,9 +72,11 @@ def test_a_plain_request_whose_client_leaves_is_cancelled(cat_png: bytes, gate: 
             sock.sendall(head + body)
             wait_until(gate.entered.is_set, what="the worker to start the request")
             assert scheduler.depth() == 1
-        wait_until(lambda: scheduler.depth() == 0, what="the server to drop the request")
-        gate.open()
         with httpx.Client(base_url=url) as client:
+            wait_until(lambda: cancelled(client) == 1, what="the server to notice the disconnect")
+            assert scheduler.depth() == 1  # its base forward still runs
+            gate.open()
+            wait_until(lambda: scheduler.depth() == 0, what="the server to drop the request")
             assert client.post("/v1/predict", files={"image": ("i.png", cat_png)}).status_code == 200
     assert scorecam_batches_of(app) == []
 

@@ -16,17 +16,17 @@ import httpx
 import pytest
 import torch
 from PIL import Image
+from scorecam_client import ExplainOptions
 
 from app.cam import faithfulness, faithfulness_forward_passes
 from app.cam.deletion import pixel_schedule
-from app.client.protocol import explain_fields
 from app.service.render import decode_raw
 
 from .conftest import await_until, image_bytes, serving, tiny_app
 from .tinynet import INPUT_SIZE, Gate
 
 pytestmark = pytest.mark.anyio
-KEYS = {"average_drop", "increase", "deletion_auc", "insertion_auc", "fractions", "deletion_curve", "insertion_curve"}
+KEYS = {"average_drop", "increase", "deletion_auc", "insertion_auc", "fractions", "deletion_curve", "insertion_curve", "precision"}
 STEP = 0.1  # 11 points per curve at 32x32: fast
 
 
@@ -156,6 +156,6 @@ async def test_metric_chunks_share_batches_with_another_request(small_png: bytes
 
 
 def test_the_client_sends_metrics_as_form_fields() -> None:
-    fields = explain_fields(None, None, None, None, None, None, None, None, None, True, 0.05)
+    fields = ExplainOptions(metrics=True, metrics_step=0.05).form_fields()
     assert fields == {"metrics": "true", "metrics_step": "0.05"}
-    assert "metrics" not in explain_fields(None, None, None, None, None, None, None, None, None)
+    assert "metrics" not in ExplainOptions().form_fields()  # unset: the server's default applies

@@ -21,6 +21,7 @@ async def test_list_and_get() -> None:
         "default": True,
         "device": "cpu",
         "precision": "fp32",
+        "runtime": "torch",
         "input_size": INPUT_SIZE,
         "num_classes": NUM_CLASSES,
         "target_layer": LAYER,

@@ -51,6 +51,13 @@ class Gate:
             self._budget = None
             self._open.set()
 
+    def release(self, forwards: int) -> None:
+        """Let the held forward pass and ``forwards`` more through, then hold the next one."""
+        with self._lock:
+            self.entered.clear()
+            self._budget = forwards
+            self._open.set()
+
     def pass_through(self) -> None:
         with self._lock:
             if self._budget is not None:

@@ -74,10 +74,27 @@ def embedded_fp32(embedded) -> InferenceModel:
     return InferenceModel(embedded.module, precision="fp32", batch_size=8)
 
 
-def photos(n: int) -> list[Image.Image]:
-    """``n`` real photos: shared ImageNet samples when present, else scikit-image's."""
-    if SHARED_SAMPLES.is_dir():
+PHOTO_SETS: tuple[str, ...] = ("imagenet-samples", "scikit-image")
+SKIMAGE_PHOTOS: tuple[str, ...] = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "horse.png")
+
+
+def photo_set(name: str, n: int) -> list[Image.Image]:
+    """``n`` photos of one named set: ``imagenet-samples`` (../shared; skips the calling test
+    when absent) or ``scikit-image`` (shipped by a test dependency, always there).
+
+    A test that asserts a measured figure names the set it was measured on.
+    """
+    if name == "imagenet-samples":
+        if not SHARED_SAMPLES.is_dir():
+            pytest.skip(f"shared ImageNet samples not found at {SHARED_SAMPLES} (a fresh clone has no ../shared)")
         files = sorted(SHARED_SAMPLES.glob("*.JPEG"))[:: max(1, 100 // n)][:n]
         return [Image.open(f).convert("RGB") for f in files]
-    names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "horse.png"]
-    return [skimage_photo(name) for name in names[:n]]
+    if name == "scikit-image":
+        return [skimage_photo(photo) for photo in SKIMAGE_PHOTOS[:n]]
+    raise ValueError(f"unknown photo set {name!r}; valid: {', '.join(PHOTO_SETS)}")
+
+
+def photos(n: int) -> list[Image.Image]:
+    """``n`` real photos: shared ImageNet samples when present, else scikit-image's (for tests
+    whose assertions hold on any photo)."""
+    return photo_set("imagenet-samples" if SHARED_SAMPLES.is_dir() else "scikit-image", n)

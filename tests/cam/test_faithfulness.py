@@ -290,7 +290,10 @@ def test_summary_refuses_curves_that_do_not_align() -> None:
 
 def test_to_dict_is_the_api_metrics_object(region_model: InferenceModel) -> None:
     d = faithfulness(region_model, image(1.0), 0, R_FIRST, step=0.25).to_dict()
-    assert set(d) == {"average_drop", "increase", "deletion_auc", "insertion_auc", "fractions", "deletion_curve", "insertion_curve"}
+    assert set(d) == {
+        "average_drop", "increase", "deletion_auc", "insertion_auc", "fractions", "deletion_curve", "insertion_curve", "precision"
+    }
+    assert d["precision"] == "fp32"
     assert all(isinstance(v, float) for v in d["deletion_curve"]) and len(d["insertion_curve"]) == 5
 
 

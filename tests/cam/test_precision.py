@@ -7,14 +7,48 @@ import torch
 
 from app.cam import InferenceModel
 from app.cam.batch_size import CPU_CANDIDATES
-from app.cam.precision import cpu_has_native_bf16, resolve_precision
+from app.cam.precision import (
+    ASSUME_NATIVE_BF16_ENV,
+    cpu_flags,
+    cpu_has_native_bf16,
+    native_precisions,
+    resolve_precision,
+)
 from app.errors import InvalidOption
 from tests.cam.conftest import SmallCNN
 
 
+@pytest.mark.precision
 def test_auto_picks_bf16_only_where_the_cpu_has_it() -> None:
     assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert resolve_precision("fp16", "cpu") == "fp16"
+    assert native_precisions("cpu") == (("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",))
+
+
+@pytest.mark.parametrize(
+    ("value", "native", "auto"),
+    [("1", True, "bf16"), ("true", True, "bf16"), ("0", False, "fp32"), ("off", False, "fp32")],
+)
+def test_the_switch_makes_a_cpu_behave_as_the_other_kind(
+    monkeypatch: pytest.MonkeyPatch, value: str, native: bool, auto: str
+) -> None:
+    monkeypatch.setenv(ASSUME_NATIVE_BF16_ENV, value)
+    assert cpu_has_native_bf16() is native
+    assert resolve_precision("auto", "cpu") == auto
+    assert ("bf16" in native_precisions("cpu")) is native
+
+
+def test_without_the_switch_the_cpu_flags_decide(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ASSUME_NATIVE_BF16_ENV, raising=False)
+    assert cpu_has_native_bf16() is bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    monkeypatch.setenv(ASSUME_NATIVE_BF16_ENV, "auto")
+    assert cpu_has_native_bf16() is bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def test_a_bad_switch_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ASSUME_NATIVE_BF16_ENV, "maybe")
+    with pytest.raises(InvalidOption, match=ASSUME_NATIVE_BF16_ENV):
+        resolve_precision("auto", "cpu")
 
 
 @pytest.mark.parametrize("name", ["int8", "", "FP32"])
@@ -23,6 +57,7 @@ def test_unknown_precision_is_rejected(name: str) -> None:
         resolve_precision(name, "cpu")
 
 
+@pytest.mark.precision
 def test_auto_batch_size_is_measured(small_cnn: SmallCNN) -> None:
     model = InferenceModel(small_cnn, batch_size="auto", input_size=32)
     assert model.tune_batch_size() in CPU_CANDIDATES

@@ -6,21 +6,28 @@ conv N(0, 2 / fan_out), dense U(±1 / √out), batch norm the identity), and the
 model's class on shared photos are compared with the trained model's maps by Spearman rank
 correlation. A method whose map depends on what the model learnt must change.
 
+Every figure is fp32 (the engine's exact mode: the maps are pinned to fp32, so the CPU kind does
+not change them) and belongs to a photo set: the first three of ``imagenet-samples`` (../shared,
+where the findings were made) or of ``scikit-image`` (chelsea, coffee, astronaut: what a fresh
+clone has). Each test runs on both sets where they exist, with the bound its set was measured
+against (``BOUNDS``); the scikit-image figures follow the ImageNet ones in brackets.
+
 Where Score-CAM passes: at ``blocks.6`` (the last inverted-residual block, 320 channels at 7x7,
 a linear bottleneck: signed activations), full Score-CAM's maps change at once. Measured on the
 three photos: Spearman 0.28 / 0.37 / 0.55 with the classifier re-initialised, −0.13 / −0.04 /
 −0.05 down to blocks.6, 0.09 / 0.04 / −0.45 with every layer random: below 0.5 on average, as the
-paper reports. ``test_score_cam_passes_the_cascade`` asserts the issue's criterion there.
+paper reports (scikit-image: 0.91 / −0.66 / 0.38, 0.10 / 0.04 / 0.00, 0.33 / 0.02 / 0.40; mean 0.17). ``test_score_cam_passes_the_cascade`` asserts the issue's criterion there.
 
 Where it does not: at ``bn2``, the model's default layer (1280 channels after ReLU6), Score-CAM
 (Faster Score-CAM, k = 32, to stay cheap) keeps Spearman 0.95 / 0.98 / 0.99 with the classifier
-re-initialised, 0.95 / 0.92 / 0.98 with conv_head + bn2 too, 0.51 / 0.88 / 0.82 down to
-blocks.6, 0.59 / 0.42 / 0.36 with every layer random; the full method, either weighting, gives
+re-initialised (0.97 / 0.93 / 0.84), 0.95 / 0.92 / 0.98 with conv_head + bn2 too, 0.51 / 0.88 / 0.82
+down to blocks.6 (0.69 / 0.93 / 0.34), 0.59 / 0.42 / 0.36 with every layer random (0.69 / 0.40 /
+0.58); the full method, either weighting, gives
 the same at the top (0.84–0.99). Its map barely changes while only layers *above* its target are
 random. Score-CAM's weights are non-negative, bn2's activations are non-negative and spatially
 alike on these photos, so any weighting gives nearly the same map: the trained map has Spearman
-0.96–0.99 with the unweighted sum of the same channels. Grad-CAM's signed weights make it pass
-the first stage (−0.56 / −0.33 / −0.13). The tests below pin both findings; the faithfulness
+0.96 / 0.99 / 0.99 with the unweighted sum of the same channels (0.99 / 0.94 / 0.83). Grad-CAM's
+signed weights make it pass the first stage (−0.56 / −0.33 / −0.13; 0.52 / −0.22 / 0.11). The tests below pin both findings; the faithfulness
 benchmark (bench/faithfulness.py --layer blocks.6) shows the price of the layer that passes:
 Score-CAM's maps there are less faithful than at bn2 (see README, Faithfulness).
 """
@@ -41,7 +48,7 @@ from app.cam import GradCAM, InferenceModel, ScoreCAM
 from app.cam.capture import capture
 from app.cam.channels import plan_channels
 from app.cam.results import normalize_map
-from tests.cam.conftest import photos
+from tests.cam.conftest import PHOTO_SETS, photo_set
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +66,23 @@ CASCADE: list[tuple[str, ...]] = [
     ("conv_stem", "bn1"),
 ]
 CHECKPOINTS = ("classifier", "blocks.6", "bn1")  # the last module of the stages whose maps are compared
+PRECISION = "fp32"  # where every figure above was measured
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a photo set's measured figures let a test assert, with a margin for rounding."""
+
+    everything_random_drop: float  # mean Spearman falls at least this much once every layer is random
+    plain_sum_min: float  # lowest Spearman of a trained map with the plain channel sum
+
+
+BOUNDS: dict[str, Bounds] = {
+    # measured drop 0.52, plain sum 0.956 at the lowest
+    "imagenet-samples": Bounds(everything_random_drop=0.3, plain_sum_min=0.85),
+    # measured drop 0.36, plain sum 0.832 at the lowest (coffee.png)
+    "scikit-image": Bounds(everything_random_drop=0.25, plain_sum_min=0.75),
+}
 
 
 def reinitialise(module: nn.Module, generator: torch.Generator) -> None:
@@ -93,6 +117,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 class Cascade:
     """Maps of the trained model and of each checkpoint of the cascade, for the same photos and classes."""
 
+    photo_set: str
     inputs: list[torch.Tensor]
     classes: list[int]
     trained: list[torch.Tensor]
@@ -107,19 +132,21 @@ class Cascade:
 def score_cam_maps(
     model: nn.Module, layer: str, inputs: list[torch.Tensor], classes: list[int], max_channels: int | None
 ) -> list[torch.Tensor]:
-    engine = InferenceModel(model, precision="fp32", batch_size=16)
+    engine = InferenceModel(model, precision=PRECISION, batch_size=16)
     cam = ScoreCAM(engine, layer, max_channels=max_channels)
     return [cam(x, classes=[c])[0][0].map for x, c in zip(inputs, classes)]
 
 
 def grad_cam_maps(model: nn.Module, layer: str, inputs: list[torch.Tensor], classes: list[int]) -> list[torch.Tensor]:
-    cam = GradCAM(InferenceModel(model, precision="fp32", batch_size=8), layer)
+    cam = GradCAM(InferenceModel(model, precision=PRECISION, batch_size=8), layer)
     return [cam(x, classes=[c])[0][0].map for x, c in zip(inputs, classes)]
 
 
-def run_cascade(embedded, layer: str, max_channels: int | None, with_grad_cam: bool = False) -> Cascade:  # type: ignore[no-untyped-def]
+def run_cascade(  # type: ignore[no-untyped-def]
+    embedded, photos: str, layer: str, max_channels: int | None, with_grad_cam: bool = False
+) -> Cascade:
     """Score-CAM maps at ``layer`` of the trained model and at each checkpoint of the cascade."""
-    inputs = [embedded.preprocessing.eval_tensor(p)[None] for p in photos(3)]
+    inputs = [embedded.preprocessing.eval_tensor(p)[None] for p in photo_set(photos, 3)]
     trained_model = copy.deepcopy(embedded.module)
     with torch.no_grad():
         classes = [int(trained_model(x).argmax()) for x in inputs]
@@ -137,19 +164,19 @@ def run_cascade(embedded, layer: str, max_channels: int | None, with_grad_cam: b
             randomised[stage[-1]] = score_cam_maps(copy.deepcopy(model), layer, inputs, classes, max_channels)
         if stage == ("classifier",) and with_grad_cam:
             grad_cam_random_classifier = grad_cam_maps(copy.deepcopy(model), layer, inputs, classes)
-    return Cascade(inputs, classes, trained, randomised, grad_cam_trained, grad_cam_random_classifier)
+    return Cascade(photos, inputs, classes, trained, randomised, grad_cam_trained, grad_cam_random_classifier)
 
 
-@pytest.fixture(scope="module")
-def cascade(embedded) -> Cascade:  # type: ignore[no-untyped-def]
-    """At the default layer, bn2 (Faster Score-CAM, k = 32)."""
-    return run_cascade(embedded, embedded.default_layer, MAX_CHANNELS, with_grad_cam=True)
+@pytest.fixture(scope="module", params=PHOTO_SETS)
+def cascade(request: pytest.FixtureRequest, embedded) -> Cascade:  # type: ignore[no-untyped-def]
+    """At the default layer, bn2 (Faster Score-CAM, k = 32), on each photo set."""
+    return run_cascade(embedded, request.param, embedded.default_layer, MAX_CHANNELS, with_grad_cam=True)
 
 
-@pytest.fixture(scope="module")
-def linear_bottleneck_cascade(embedded) -> Cascade:  # type: ignore[no-untyped-def]
-    """At blocks.6, the full method (all 320 channels)."""
-    return run_cascade(embedded, "blocks.6", None)
+@pytest.fixture(scope="module", params=PHOTO_SETS)
+def linear_bottleneck_cascade(request: pytest.FixtureRequest, embedded) -> Cascade:  # type: ignore[no-untyped-def]
+    """At blocks.6, the full method (all 320 channels), on each photo set."""
+    return run_cascade(embedded, request.param, "blocks.6", None)
 
 
 def test_the_check_detects_a_change_grad_cam_passes_the_first_stage(cascade: Cascade) -> None:
@@ -163,7 +190,7 @@ def test_score_cam_changes_once_layers_below_its_target_are_random(cascade: Casc
     below = statistics.mean(cascade.correlations("blocks.6"))
     everything = statistics.mean(cascade.correlations("bn1"))
     assert below < top - 0.1, (top, below)
-    assert everything < top - 0.3, (top, everything)
+    assert everything < top - BOUNDS[cascade.photo_set].everything_random_drop, (top, everything)
 
 
 def test_score_cam_barely_changes_while_only_layers_above_its_target_are_random(cascade: Cascade) -> None:
@@ -181,7 +208,7 @@ def test_why_score_cam_map_is_close_to_the_plain_activation_sum(embedded, cascad
         selected = plan_channels(acts, tuple(x.shape[-2:]), MAX_CHANNELS).selected
         plain = F.interpolate(acts[selected].sum(0)[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
         rho.append(spearman(normalize_map(plain[0, 0]), trained))
-    assert min(rho) > 0.85, rho
+    assert min(rho) > BOUNDS[cascade.photo_set].plain_sum_min, rho
 
 
 def test_score_cam_passes_the_cascade(linear_bottleneck_cascade: Cascade) -> None:

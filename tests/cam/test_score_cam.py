@@ -183,6 +183,7 @@ def test_embedded_model_matches_float64_reference(embedded, embedded_fp32: Infer
     assert result.stats.skipped_constant > 0
 
 
+@pytest.mark.precision
 def test_bf16_agrees_with_fp32_on_the_embedded_model(embedded, embedded_fp32: InferenceModel) -> None:
     # max_channels bounds the time where bf16 is emulated (CPUs without AVX512-BF16): the
     # comparison is of the same channels in both precisions.

@@ -1,17 +1,37 @@
-"""One real app for the client tests, on a loopback port, requiring an API key."""
+"""One real app for the client tests: the tiny network under uvicorn on a loopback port, with an
+API key, so the installed ``scorecam_client`` talks to the server over real HTTP."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from fastapi import FastAPI
 
-from tests.client.live_server import fast_settings, live_server
+from app.main import create_app
+from tests.api.conftest import tiny_settings
+from tests.api.live import uvicorn_thread
+from tests.api.tinynet import GATES, Gate, tiny_registry
 
 API_KEY = "client-tests-key"
+MODEL = "tiny"
 
 
 @pytest.fixture(scope="package")
-def server_url() -> Iterator[str]:
-    with live_server(fast_settings(api_key=API_KEY)) as url:
+def app() -> FastAPI:
+    return create_app(tiny_settings(api_key=API_KEY), model_source=tiny_registry(MODEL))
+
+
+@pytest.fixture(scope="package")
+def server_url(app: FastAPI) -> Iterator[str]:
+    with uvicorn_thread(app) as url:
         yield url
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    """The tiny model's forward gate, open before and after the test."""
+    g = GATES[MODEL]
+    g.open()
+    yield g
+    g.open()

@@ -1,19 +1,34 @@
-"""ScoreCamClient against the real app: typed results, streaming, heatmaps, errors."""
+"""ScoreCamClient against the real server: typed results, streaming, heatmaps, errors."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+import re
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from PIL import Image
+from scorecam_client import (
+    ApiError,
+    ExplainOptions,
+    ExplainResponse,
+    ModelEntry,
+    PredictResponse,
+    Progress,
+    ScoreCamClient,
+    heatmap_array,
+    heatmap_image,
+    png_image,
+    raw_array,
+)
 
-from app.api.schemas import ExplainResponse, ModelEntry, PredictResponse
-from app.client import ApiError, Progress, ScoreCamClient, heatmap_array, heatmap_image, png_image, raw_array
-from tests.client.conftest import API_KEY
-
-CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+from app.version import VERSION
+from tests.api.conftest import wait_until
+from tests.api.tinynet import CHANNELS, LAYER, NUM_CLASSES, Gate
+from tests.client.conftest import API_KEY, MODEL
 
 
 @pytest.fixture
@@ -22,13 +37,14 @@ def client(server_url: str) -> Iterator[ScoreCamClient]:
         yield client
 
 
-def test_models_are_typed_entries(client: ScoreCamClient) -> None:
-    models = client.models()
-    assert all(isinstance(m, ModelEntry) for m in models)
-    default = next(m for m in models if m.default)
-    assert default.name == "efficientnet_lite0"
-    assert default.target_layer in default.layers
-    assert client.model("efficientnet_lite0") == default
+def test_models_are_typed_entries_with_the_service_version(client: ScoreCamClient) -> None:
+    listing = client.model_list()
+    assert listing.version == VERSION
+    [default] = [m for m in listing.models if m.default]
+    assert isinstance(default, ModelEntry) and default.name == MODEL
+    assert default.target_layer == LAYER and LAYER in default.layers
+    assert client.model(MODEL) == default
+    assert client.labels(MODEL) == [f"class {i}" for i in range(NUM_CLASSES)]
 
 
 @pytest.mark.parametrize("as_input", ["pil", "path", "bytes", "file"])
@@ -37,25 +53,31 @@ def test_predict_accepts_every_image_input(
 ) -> None:
     path = tmp_path / "cat.png"
     cat_photo.save(path)
-    image = {"pil": cat_photo, "path": path, "bytes": path.read_bytes(), "file": path.open("rb")}[as_input]
-    result = client.predict(image, top_k=3)
+    with path.open("rb") as file:
+        image = {"pil": cat_photo, "path": path, "bytes": path.read_bytes(), "file": file}[as_input]
+        result = client.predict(image, top_k=3)
     assert isinstance(result, PredictResponse)
     assert (result.width, result.height) == cat_photo.size
     assert len(result.predictions) == 3
-    assert result.predictions[0].class_index in CATS
+    scores = [p.score for p in result.predictions]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
 
 
 def test_explain_decodes_to_arrays_and_images_of_the_image_size(
     client: ScoreCamClient, cat_photo: Image.Image
 ) -> None:
-    result = client.explain(cat_photo, classes=[281, 285], outputs=["heatmap", "overlay", "raw"], max_channels=8)
+    options = ExplainOptions(classes=[3, 5], outputs=["heatmap", "overlay", "raw"], max_channels=8)
+    result = client.explain(cat_photo, options)
     assert isinstance(result, ExplainResponse)
-    assert [e.class_index for e in result.explanations] == [281, 285]
+    assert [e.class_index for e in result.explanations] == [3, 5]
+    assert result.stats.masked_forwards <= 8
     width, height = cat_photo.size
     for explanation in result.explanations:
         exact = heatmap_array(explanation)  # raw present: the exact float32 values
         assert exact.shape == (height, width) and exact.dtype == np.float32
+        assert explanation.raw is not None
         np.testing.assert_array_equal(exact, raw_array(explanation.raw))
+        assert explanation.heatmap_png and explanation.overlay_png
         eight_bit = heatmap_array(explanation.heatmap_png)
         assert np.abs(eight_bit - exact).max() <= 1 / 255 + 1e-6
         assert heatmap_image(explanation).mode == "L"
@@ -63,22 +85,54 @@ def test_explain_decodes_to_arrays_and_images_of_the_image_size(
         assert (overlay.mode, overlay.size) == ("RGB", cat_photo.size)
 
 
+def test_keywords_override_the_options_object(client: ScoreCamClient, cat_photo: Image.Image) -> None:
+    base = ExplainOptions(method="gradcam", outputs="heatmap", top_k=2)
+    result = client.explain(cat_photo, base, top_k=1)
+    assert result.method == "gradcam" and len(result.explanations) == 1
+    assert result.explanations[0].overlay_png is None
+
+
 def test_explain_stream_yields_progress_then_the_result(client: ScoreCamClient, cat_photo: Image.Image) -> None:
-    events = list(client.explain_stream(cat_photo, max_channels=8, outputs="heatmap"))
+    events = list(client.explain_stream(cat_photo, ExplainOptions(max_channels=8, outputs="heatmap")))
     progress = [e for e in events if isinstance(e, Progress)]
     assert isinstance(events[-1], ExplainResponse)
     assert all(isinstance(e, Progress) for e in events[:-1])
-    assert progress and progress[-1].done == progress[-1].total == 8
+    assert progress and progress[-1].done == progress[-1].total == 8 and progress[-1].fraction == 1.0
     assert [p.done for p in progress] == sorted(p.done for p in progress)
     assert events[-1].explanations[0].class_index == events[-1].predictions[0].class_index
+
+
+def explain_streams_answered(server_url: str) -> float:
+    """/v1/explain streams the server has finished answering (its request counter, from /metrics)."""
+    text = httpx.get(f"{server_url}/metrics", headers={"X-API-Key": API_KEY}, timeout=10).text
+    pattern = r'^scorecam_requests_total\{(?=[^}]*endpoint="/v1/explain")(?=[^}]*status="200")[^}]*\} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, flags=re.MULTILINE))
+
+
+def test_leaving_a_stream_early_cancels_the_work(
+    client: ScoreCamClient, app: FastAPI, server_url: str, cat_photo: Image.Image, gate: Gate
+) -> None:
+    scheduler = app.state.service.scheduler
+    before = [r for r in scheduler.history() if r.kind == "scorecam"]
+    answered = explain_streams_answered(server_url)
+    gate.close_after(2)  # the base forward and one masked batch, then hold
+    for event in client.explain_stream(cat_photo, outputs="heatmap"):
+        if isinstance(event, Progress):
+            wait_until(gate.entered.is_set, what="the worker to hold the next batch")
+            break  # leaving the loop closes the stream
+    wait_until(lambda: explain_streams_answered(server_url) > answered, what="the server to end the stream")
+    gate.open()
+    wait_until(lambda: scheduler.depth() == 0, what="the worker to drop the request")
+    ran = [r for r in scheduler.history() if r.kind == "scorecam"][len(before):]
+    assert len(ran) <= 3 < CHANNELS // 4  # of the masked batches a whole explanation needs (batch size 4)
 
 
 @pytest.mark.parametrize(
     ("call", "status", "code", "hint"),
     [
-        (lambda c, img: c.predict(img, model="resnet"), 404, "unknown_model", "efficientnet_lite0"),
-        (lambda c, img: c.explain(img, layer="bn3"), 422, "unknown_layer", "bn2"),
-        (lambda c, img: c.predict(b"not an image"), 422, "invalid_image", "JPEG"),
+        (lambda c, img: c.predict(img, model="tiyn"), 404, "unknown_model", MODEL),
+        (lambda c, img: c.explain(img, layer="features.9"), 422, "unknown_layer", LAYER),
+        (lambda c, img: c.predict(b"not an image"), 422, "invalid_image", "PNG"),
         (lambda c, img: next(iter(c.explain_stream(img, model="nope"))), 404, "unknown_model", "valid names"),
     ],
     ids=["unknown-model", "unknown-layer", "not-an-image", "stream-unknown-model"],
@@ -90,6 +144,14 @@ def test_errors_raise_api_error_with_the_server_code(
         call(client, cat_photo)  # type: ignore[operator]
     assert (info.value.status, info.value.code) == (status, code)
     assert hint in info.value.message
+
+
+def test_options_are_checked_before_anything_is_sent(cat_photo: Image.Image) -> None:
+    with ScoreCamClient("http://127.0.0.1:9") as client:  # nothing listens there: no request may be made
+        with pytest.raises(ValueError, match="max_chanels"):
+            client.explain(cat_photo, max_chanels=8)
+        with pytest.raises(ValueError, match="method"):
+            client.explain(cat_photo, method="lime")
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key-1234"], ids=["missing", "wrong"])

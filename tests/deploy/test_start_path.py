@@ -55,7 +55,7 @@ def image_environment(tmp_path: Path) -> dict[str, str]:
 
 def local_caches(tmp_path: Path) -> dict[str, str]:
     """Stand-ins for the image's weight caches (/var/cache/scorecam/... does not exist here)."""
-    return {name: str(tmp_path / name.lower()) for name in ("TORCH_HOME", "HF_HOME")}
+    return {name: str(tmp_path / name.lower()) for name in ("TORCH_HOME", "HF_HOME", "SCORECAM_CACHE_DIR")}
 
 
 def log_tail(path: Path, lines: int = 40) -> str:

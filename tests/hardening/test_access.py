@@ -15,7 +15,7 @@ from PIL import Image
 from tests.api.conftest import image_bytes, serving, tiny_app
 
 APP_DIR = Path(__file__).resolve().parents[2] / "app"
-SERVER_PACKAGES = ("api", "service", "cam", "models")  # app/client is the client library: it does fetch
+SERVER_PACKAGES = ("api", "service", "cam", "models")  # the client is clients/python, outside app/
 UNSAFE_MODULES = {"pickle", "cPickle", "dill", "marshal", "shelve", "joblib", "requests", "urllib.request", "http.client", "aiohttp"}
 
 

@@ -1,5 +1,7 @@
-"""Fuzz the whole API from its own OpenAPI schema (schemathesis): no 5xx, every response in the
-schema. Bounded: a few examples per operation, against a real uvicorn on the tiny model."""
+"""Fuzz the whole API from its own OpenAPI schema (schemathesis): /v1, the probes and the Open
+Inference Protocol's /v2 routes (errors there as ``{"error": "<message>"}``): no 5xx, every
+response in the schema. Bounded: a few examples per operation, against a real uvicorn on the tiny
+model."""
 
 from __future__ import annotations
 

@@ -67,3 +67,23 @@ def test_not_images(data: bytes, error: type[Exception]) -> None:
 def test_unsupported_format(cat_photo: Image.Image) -> None:
     with pytest.raises(UnsupportedMediaType, match="TIFF"):
         decode_image(encode(cat_photo.resize((8, 8)), "TIFF"), LIMITS)
+
+
+def test_aspect_ratio_is_checked_from_the_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    strip = encode(Image.new("L", (1, 2000)), "PNG")
+    loaded: list[bool] = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: loaded.append(True))
+    with pytest.raises(InvalidImage, match=r"1x2000, an aspect ratio of 2,000.0:1; the limit is 50:1"):
+        decode_image(strip, ImageLimits(max_bytes=5_000_000, max_megapixels=40, max_aspect_ratio=50))
+    assert loaded == []
+
+
+def test_without_an_aspect_limit_a_strip_decodes() -> None:
+    assert decode_image(encode(Image.new("L", (1, 2000)), "PNG"), LIMITS).size == (1, 2000)
+
+
+def test_pillows_bomb_limit_is_not_what_refuses_a_huge_image() -> None:
+    huge = encode(Image.new("1", (15_000, 13_000)), "PNG")  # 195 MP: over twice Pillow's limit
+    with pytest.raises(ImageTooLarge, match="195.0 megapixels; the limit is 40 megapixels"):
+        decode_image(huge, LIMITS)
+    assert Image.MAX_IMAGE_PIXELS is not None  # lifted only while the header was read

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from app.api.deps import ServiceDep, SettingsDep
 from app.api.disconnect import unless_disconnected
@@ -14,7 +14,7 @@ from app.api.encoders import explain_json, explain_spec
 from app.api.forms import LIST_FIELDS, read_image_request
 from app.api.openapi import error_responses, request_body
 from app.api.schemas import ExplainJSON, ExplainOptions, ExplainResponse
-from app.api.sse import HEADERS, MEDIA_TYPE, ProgressFeed, explain_stream, wants_event_stream
+from app.api.sse import MEDIA_TYPE, ProgressFeed, explain_stream, wants_event_stream
 from app.service.images import ImageLimits, decode_image
 
 router = APIRouter(tags=["inference"])
@@ -58,11 +58,11 @@ async def explain(request: Request, service: ServiceDep, settings: SettingsDep) 
     data, options = await read_image_request(request, ExplainOptions)
     spec = explain_spec(options)
     service.check_explain(spec)  # ... and before it is decoded, once the request's cost is known
-    limits = ImageLimits(settings.max_upload_bytes, settings.max_megapixels)
+    limits = ImageLimits(settings.max_upload_bytes, settings.max_megapixels, settings.max_aspect_ratio)
     image = await asyncio.to_thread(decode_image, data, limits)
     if wants_event_stream(request.headers.get("accept")):
         feed = ProgressFeed()
         pending = await service.submit_explain(image, spec, feed)
-        return StreamingResponse(explain_stream(pending, feed), media_type=MEDIA_TYPE, headers=HEADERS)
+        return explain_stream(pending, feed)
     outcome = await unless_disconnected(request, service.explain(image, spec))
     return JSONResponse(explain_json(outcome))

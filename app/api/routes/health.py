@@ -1,4 +1,4 @@
-"""Liveness and readiness probes (never behind the API key)."""
+"""Liveness and readiness probes (never behind the API key); GET or HEAD, as probes send either."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from app.api.schemas import HealthResponse, ReadyResponse
 router = APIRouter(tags=["health"])
 
 
+@router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", response_model=HealthResponse, summary="The process is alive")
 async def healthz() -> HealthResponse:
     return HealthResponse()
 
 
+@router.head("/readyz", include_in_schema=False)
 @router.get(
     "/readyz",
     response_model=ReadyResponse,

@@ -7,13 +7,14 @@ from fastapi import APIRouter
 from app.api.deps import ServiceDep
 from app.api.openapi import error_responses
 from app.api.schemas import LabelList, ModelEntry, ModelList
+from app.version import VERSION
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/models", response_model=ModelList, summary="List the served models")
 async def list_models(service: ServiceDep) -> ModelList:
-    return ModelList(models=[ModelEntry(**m) for m in service.models()])
+    return ModelList(models=[ModelEntry(**m) for m in service.models()], version=VERSION)
 
 
 @router.get("/models/{name}", response_model=ModelEntry, responses=error_responses(404), summary="One served model")

@@ -29,7 +29,7 @@ router = APIRouter(tags=["inference"])
 async def predict(request: Request, service: ServiceDep, settings: SettingsDep) -> PredictResponse:
     service.check_capacity()  # an overloaded service refuses before the upload is read
     data, options = await read_image_request(request, PredictOptions)
-    limits = ImageLimits(settings.max_upload_bytes, settings.max_megapixels)
+    limits = ImageLimits(settings.max_upload_bytes, settings.max_megapixels, settings.max_aspect_ratio)
     image = await asyncio.to_thread(decode_image, data, limits)
     outcome = await unless_disconnected(request, service.predict(image, options.model, options.top_k))
     return predict_response(outcome)

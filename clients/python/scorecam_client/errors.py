@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
-from app.errors import ScoreCamError
+
+class ScoreCamClientError(Exception):
+    """Base class of the client's errors."""
 
 
-class ApiError(ScoreCamError):
+class ApiError(ScoreCamClientError):
     """The service answered ``{"error": {"code", "message"}}`` with a 4xx/5xx status.
 
     ``code`` is the server's stable code (``unknown_model``, ``queue_full``, ...) so callers can
@@ -25,7 +29,7 @@ class ApiError(ScoreCamError):
 
     @classmethod
     def from_body(cls, status: int, body: Any, retry_after_s: float | None = None) -> ApiError:
-        """Build from a decoded error body; tolerant of bodies that are not the API's shape."""
+        """Build from a decoded error body; tolerant of bodies that are not the API's shape (a proxy's)."""
         error = body.get("error") if isinstance(body, dict) else None
         if isinstance(error, dict):
             return cls(status, str(error.get("code", f"http_{status}")), str(error.get("message", "")), retry_after_s)
@@ -51,9 +55,6 @@ def retry_after(response: httpx.Response) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
-    from datetime import datetime, timezone
-    from email.utils import parsedate_to_datetime
-
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -1,0 +1,31 @@
+"""The reference runtime: torch eager on the engine's folded, channels_last copy, any device."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from app.cam.precision import autocast
+
+
+class TorchRuntime:
+    """Eager forwards of ``fast`` under autocast; serves every precision on every device."""
+
+    name = "torch"
+
+    def __init__(self, fast: nn.Module, device: torch.device, channels_last: bool = True) -> None:
+        self.fast = fast
+        self.device = device
+        self.channels_last = channels_last
+
+    def accepts(self, batch: torch.Tensor, precision: str) -> bool:
+        return True
+
+    def prepare(self, batch_size: int) -> None:
+        """Nothing to prepare: eager kernels take any batch size."""
+
+    def forward(self, batch: torch.Tensor, precision: str) -> torch.Tensor:
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(self.device, precision):
+            return self.fast(batch).float()
