@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-METHODS = ("scorecam", "gradcam", "gradcam++")
+METHODS = ("scorecam", "gradcam", "gradcam++", "recipro-cam")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RUNTIMES = ("auto", "torch", "openvino")
 WEIGHTINGS = ("probability", "channel-softmax")
@@ -222,13 +222,15 @@ class LocalExplainer:
     def __init__(self, model: str | None, method: str, layer: str | None, precision: str,
                  weighting: str, max_channels: int | None, device: str, classes: list[int] | None = None,
                  runtime: str = "auto") -> None:
-        from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel, ScoreCAM
+        from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel, ReciproCAM, ScoreCAM
         from app.models import default_registry
 
         registry = default_registry()
         self.loaded = registry.load(model or registry.names()[0], weights="default", allow_download=False)
         self.layer = layer or self.loaded.default_layer
         self.loaded.resolve_layer(self.layer)  # UnknownLayer with close names, before any work
+        # UnsupportedLayer (listing the layers with a head) before any work, like UnknownLayer
+        head = self.loaded.head(self.layer) if method == "recipro-cam" else None
         last = len(self.loaded.labels) - 1
         for index in classes or []:
             if not 0 <= index <= last:
@@ -242,6 +244,8 @@ class LocalExplainer:
                                     runtime=runtime if method == "scorecam" else "torch", label=self.loaded.name)
         if method == "scorecam":
             self.cam: Any = ScoreCAM(self.model, layer=self.layer, weighting=weighting, max_channels=max_channels)
+        elif head is not None:
+            self.cam = ReciproCAM(self.model, layer=self.layer, head=head)
         else:
             self.cam = (GradCAM if method == "gradcam" else GradCAMPlusPlus)(self.model, layer=self.layer)
         self.method = method

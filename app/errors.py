@@ -58,6 +58,19 @@ class UnknownLayer(ScoreCamError):
         self.name = name
 
 
+class UnsupportedLayer(ScoreCamError):
+    """The layer exists but the method cannot run there (Recipro-CAM needs the network after it)."""
+
+    code = "unsupported_layer"
+
+    def __init__(self, method: str, name: str, valid: Iterable[str]) -> None:
+        valid = list(valid)
+        shown = ", ".join(repr(v) for v in valid) if valid else "none (this model declares no head)"
+        super().__init__(f"{method} cannot explain layer {quoted(name)}: layers that support it: {shown}")
+        self.name = name
+        self.valid = valid
+
+
 class InvalidOption(ScoreCamError):
     """An option has a value outside its valid range or set."""
 

@@ -29,6 +29,7 @@ CLIENT_CLOSED = 499  # nginx's "client closed request": the status label of an a
 STATUS_BY_ERROR: dict[type[domain.ScoreCamError], int] = {
     domain.UnknownModel: 404,
     domain.UnknownLayer: 422,
+    domain.UnsupportedLayer: 422,
     domain.InvalidOption: 422,
     domain.InvalidImage: 422,
     domain.ImageTooLarge: 413,
@@ -106,8 +107,15 @@ def error_headers(error: domain.ScoreCamError) -> dict[str, str]:
     return headers
 
 
+def error_details(error: domain.ScoreCamError) -> list[dict[str, str]] | None:
+    """Machine-readable extras: the layers an ``unsupported_layer`` method does support."""
+    if isinstance(error, domain.UnsupportedLayer):
+        return [{"field": "layer", "message": "a layer that supports this method", "valid": v} for v in error.valid]
+    return None
+
+
 def error_response(error: domain.ScoreCamError) -> JSONResponse:
-    body = error_body(error.code, error.message)
+    body = error_body(error.code, error.message, error_details(error))
     headers = error_headers(error)
     request_id = getattr(error, "request_id", None)
     if not request_id and status_of(error) == 500:

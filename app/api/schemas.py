@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Method = Literal["scorecam", "gradcam", "gradcam++"]
+Method = Literal["scorecam", "gradcam", "gradcam++", "recipro-cam"]
 Output = Literal["heatmap", "overlay", "raw"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Weighting = Literal["probability", "channel-softmax"]
@@ -30,7 +30,13 @@ class ExplainOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(default=None, description="Model name (default: the default model).")
-    method: Method = Field(default="scorecam", description="scorecam, gradcam or gradcam++.")
+    method: Method = Field(
+        default="scorecam",
+        description=(
+            "scorecam, gradcam, gradcam++ or recipro-cam (gradient-free, one head evaluation per location "
+            "of the layer; only at the model's recipro_layers, else 422 unsupported_layer)."
+        ),
+    )
     classes: list[int] | None = Field(
         default=None, description="Class indices to explain (default: the top_k predicted).", examples=[[281, 285]]
     )
@@ -120,6 +126,9 @@ class ModelEntry(BaseModel):
     num_classes: int = Field(examples=[1000])
     target_layer: str = Field(examples=["bn2"])
     layers: list[str]
+    recipro_layers: list[str] = Field(
+        default=[], description="Layers method=recipro-cam can explain (the network after them runs alone).", examples=[["bn2"]]
+    )
 
 
 class ModelList(BaseModel):

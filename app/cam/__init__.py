@@ -15,6 +15,7 @@ from app.cam.faithfulness import (
 from app.cam.grad_cam import GradCAM, GradCAMPlusPlus
 from app.cam.inference import InferenceModel
 from app.cam.precision import PRECISIONS, resolve_precision
+from app.cam.recipro_cam import KERNELS, ReciproCAM, ReciproJob
 from app.cam.results import CamResult, CamStats
 from app.cam.runtimes import RUNTIMES
 from app.cam.scheduler import fill_batch, run_batch, run_jobs
@@ -36,7 +37,10 @@ __all__ = [
     "GradCAM",
     "GradCAMPlusPlus",
     "InferenceModel",
+    "KERNELS",
     "MaskChunk",
+    "ReciproCAM",
+    "ReciproJob",
     "ScoreCAM",
     "ScoreCamJob",
     "faithfulness",

@@ -62,6 +62,11 @@ class BatchJob(ABC):
         self.issued = min(self.total, start + max(1, n))
         return start, self.issued
 
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of this group's inputs: the whole network by default (masked images);
+        a job whose inputs are not images (Recipro-CAM's feature maps) runs its own module."""
+        return self.model.forward_masked(inputs, self.precision)
+
     @abstractmethod
     def next_chunk(self, n: int) -> Chunk:
         """Build the inputs of the next (at most) ``n`` forwards, on the device."""
@@ -92,12 +97,12 @@ def fill_batch(jobs: Sequence[BatchJob], batch_size: int) -> list[Chunk]:
 
 
 def run_batch(chunks: Sequence[Chunk]) -> None:
-    """One masked forward for all ``chunks`` (same model and precision); record every slice."""
+    """One forward for all ``chunks`` (one group: same network part and precision); record every slice."""
     if not chunks:
         return
     first = chunks[0].job
     inputs = torch.cat([c.inputs for c in chunks]) if len(chunks) > 1 else chunks[0].inputs
-    logits = first.model.forward_masked(inputs, first.precision)
+    logits = first.forward(inputs)
     offset = 0
     for chunk in chunks:
         chunk.job.record(chunk, logits[offset : offset + len(chunk)])

@@ -10,7 +10,9 @@ Keys: ``name`` and ``weights`` are required. With ``architecture`` (a torchvisio
 without it ``weights`` is a TorchScript file and ``target_layer`` is required. Classes come from
 ``labels_file`` (one name per line) or ``num_classes``. ``input_size``, ``resize_size``,
 ``mean``, ``std``, ``interpolation`` override the architecture's preprocessing (ImageNet's for
-TorchScript). Relative paths are relative to the config file. Anything else is an InvalidOption,
+TorchScript). ``head`` (optional) is the network after the default layer as a list of steps
+(``["avgpool", "flatten", "fc"]``, see ``app.models.heads``): without it the model does not
+support Recipro-CAM. Relative paths are relative to the config file. Anything else is an InvalidOption,
 so a typo fails at registration instead of at the first request.
 """
 
@@ -49,6 +51,7 @@ KEYS = (
     "std",
     "interpolation",
     "target_layer",
+    "head",
 )
 PREPROCESSING_KEYS = ("input_size", "resize_size", "mean", "std", "interpolation")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -64,6 +67,7 @@ class CustomModelConfig:
     labels: tuple[str, ...]
     preprocessing_overrides: tuple[tuple[str, Any], ...] = ()
     target_layer: str | None = None
+    head: tuple[str, ...] | None = None  # the network after the default layer (app.models.heads)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> CustomModelConfig:
@@ -111,7 +115,14 @@ class CustomModelConfig:
         labels = _labels(name, data, base)
         overrides = tuple((k, data[k]) for k in PREPROCESSING_KEYS if k in data)
         merge_preprocessing(Preprocessing(), overrides)  # fail now on bad values, not at first load
-        return cls(name, weights, architecture, tuple(labels), overrides, target_layer)
+        head = data.get("head")
+        if head is not None and (
+            not isinstance(head, list) or not head or not all(isinstance(h, str) and h for h in head)
+        ):
+            raise InvalidOption(
+                f"model {name!r}: head must be a list of steps after target_layer, e.g. [\"avgpool\", \"flatten\", \"fc\"]"
+            )
+        return cls(name, weights, architecture, tuple(labels), overrides, target_layer, tuple(head) if head else None)
 
 
 def merge_preprocessing(base: Preprocessing, overrides: tuple[tuple[str, Any], ...]) -> Preprocessing:
@@ -231,10 +242,12 @@ class CustomEntry:
         preprocessing = merge_preprocessing(base, cfg.preprocessing_overrides)
         if cfg.architecture is None:
             _check_outputs(cfg.name, module, preprocessing.input_size, len(cfg.labels))
+        default_layer = cfg.target_layer or layer
         return LoadedModel(
             name=cfg.name,
             module=module,
             preprocessing=preprocessing,
             labels=list(cfg.labels),
-            default_layer=cfg.target_layer or layer,
+            default_layer=default_layer,
+            heads={default_layer: cfg.head} if cfg.head else {},
         )

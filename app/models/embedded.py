@@ -17,6 +17,7 @@ import timm
 import torch
 
 from app.errors import InvalidOption, WeightsNotFound
+from app.models.heads import timm_heads
 from app.models.labels import imagenet_labels
 from app.models.loaded import LoadedModel
 from app.models.preprocessing import Preprocessing
@@ -97,4 +98,5 @@ class EmbeddedEntry:
             preprocessing=PREPROCESSING,
             labels=imagenet_labels(),
             default_layer=DEFAULT_LAYER,
+            heads=timm_heads(module, DEFAULT_LAYER),
         )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from app.errors import InvalidOption, UnknownLayer
+from app.errors import InvalidOption, UnknownLayer, UnsupportedLayer
+from app.models.heads import Head, build_heads
 from app.models.layers import targetable_layers
 from app.models.preprocessing import Preprocessing
 
@@ -17,6 +19,8 @@ class LoadedModel:
     """One built model. ``labels[i]`` names class ``i``; ``default_layer`` is a module name.
 
     ``module`` comes in eval mode on the CPU; moving it to an accelerator is the engine's job.
+    ``heads`` maps a layer to the recipe of the network after it (``app.models.heads``): the
+    layers Recipro-CAM can explain.
     """
 
     name: str
@@ -24,7 +28,9 @@ class LoadedModel:
     preprocessing: Preprocessing
     labels: list[str]
     default_layer: str
+    heads: Mapping[str, Sequence[str]] = field(default_factory=dict)
     _layers: list[str] = field(init=False, repr=False)
+    _heads: dict[str, Head] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.labels:
@@ -34,6 +40,10 @@ class LoadedModel:
         object.__setattr__(self, "_layers", targetable_layers(self.module))
         if self.default_layer not in self._layers:
             raise UnknownLayer(self.default_layer, self._layers)
+        for layer in self.heads:
+            if layer not in self._layers:
+                raise UnknownLayer(layer, self._layers)
+        object.__setattr__(self, "_heads", build_heads(self.module, self.heads))
 
     @property
     def num_classes(self) -> int:
@@ -54,3 +64,13 @@ class LoadedModel:
                 " register it as a state dict with its architecture to explain it"
             )
         return layer
+
+    def recipro_layers(self) -> list[str]:
+        """The layers with a head, in the model's layer order."""
+        return [name for name in self._layers if name in self._heads]
+
+    def head(self, layer: str) -> Head:
+        """The network after ``layer``; UnsupportedLayer (listing the layers that have one) if none."""
+        if layer not in self._heads:
+            raise UnsupportedLayer("recipro-cam", layer, self.recipro_layers())
+        return self._heads[layer]

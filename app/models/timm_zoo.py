@@ -24,6 +24,7 @@ import timm
 from torch import nn
 
 from app.errors import InvalidOption, UnknownModel
+from app.models.heads import timm_heads
 from app.models.labels import default_labels
 from app.models.layers import feature_layer
 from app.models.loaded import LoadedModel
@@ -144,12 +145,14 @@ class TimmEntry:
     def load(self, weights: WeightsArg = "default", allow_download: bool = False) -> LoadedModel:
         module = build(self.name, weights, allow_download)
         cfg = dict(module.pretrained_cfg)
+        layer = layer_for(module, cfg)
         return LoadedModel(
             name=self.name,
             module=module,
             preprocessing=preprocessing_of(cfg),
             labels=labels_of(module),
-            default_layer=layer_for(module, cfg),
+            default_layer=layer,
+            heads=timm_heads(module, layer),
         )
 
 

@@ -21,6 +21,7 @@ from torchvision.transforms._presets import ImageClassification
 
 from app.errors import UnknownModel
 from app.models.labels import default_labels
+from app.models.heads import torchvision_heads
 from app.models.layers import feature_layer
 from app.models.loaded import LoadedModel
 from app.models.preprocessing import Preprocessing
@@ -135,12 +136,14 @@ class TorchvisionEntry:
             load_weights(self.name, module, weights, allow_download)
         enum = default_weights(self.name)
         preprocessing = preprocessing_of(enum)
+        layer = layer_for(self.name, module, preprocessing.input_size)
         return LoadedModel(
             name=self.name,
             module=module,
             preprocessing=preprocessing,
             labels=list(enum.meta.get("categories") or default_labels(1000)),
-            default_layer=layer_for(self.name, module, preprocessing.input_size),
+            default_layer=layer,
+            heads=torchvision_heads(self.name, layer),
         )
 
 

@@ -99,6 +99,11 @@ def check_fits(
             f"this explanation needs about {mask_cost} forward passes, {why}; "
             f"set max_channels between 1 and {room - 1} (one forward per channel, plus one)"
         )
+    if method == "recipro-cam":
+        raise InvalidOption(
+            f"recipro-cam at this layer needs {mask_cost} forward passes (one per location, plus one), {why}; "
+            "explain a layer with a smaller feature map"
+        )
     most = (room - 1) // 2
     if most < 1:
         raise InvalidOption(f"{method} needs at least 3 forward passes, {why}")

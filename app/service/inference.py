@@ -24,6 +24,7 @@ from app.service.feasibility import Allowance, check_fits, check_precision
 from app.service.metric_jobs import METRICS_PRECISION, metric_forwards
 from app.service.metrics import ServiceMetrics
 from app.service.outcomes import (
+    BATCHED_METHODS,
     ExplainOutcome,
     ExplainSpec,
     ExplainStats,
@@ -246,11 +247,13 @@ class ScoreCamService:
         an emulated precision, or work that could not finish even alone (422, not a retryable 503)."""
         model = self.store.get(spec.model)
         layer = model.check_layer(spec.layer)
+        if spec.method == "recipro-cam":
+            model.check_recipro_layer(layer)
         classes = self._check_classes(model, spec)
         precision = check_precision(spec.precision, model.inference.precision, model.inference.device)
         metric_cost = self._metrics_cost(model, spec, classes)
         mask_cost = self._explain_cost(model, spec, layer, classes)
-        kind = "scorecam" if spec.method == "scorecam" else "grad"
+        kind = "scorecam" if spec.method in BATCHED_METHODS else "grad"
         plan = ExplainPlan(model, layer, classes, kind, mask_cost + metric_cost, metric_cost, precision)
         allowance = Allowance(
             forwards=self.scheduler.max_forwards,
@@ -278,6 +281,8 @@ class ScoreCamService:
     @staticmethod
     def _explain_cost(model: ServedModel, spec: ExplainSpec, layer: str, classes: list[int] | None) -> int:
         """Forward passes the request will need, for the queue bound (an upper estimate)."""
+        if spec.method == "recipro-cam":
+            return model.locations(layer) + 1  # one head evaluation per location, plus the capture
         if spec.method != "scorecam":
             return 1 + 2 * (len(classes) if classes else spec.top_k)
         channels = model.channels_estimate(layer)

@@ -10,7 +10,8 @@ from app.service.render import RawMap
 
 OUTPUTS = ("heatmap", "overlay", "raw")
 DEFAULT_OUTPUTS = frozenset({"heatmap", "overlay"})
-METHODS = ("scorecam", "gradcam", "gradcam++")
+METHODS = ("scorecam", "gradcam", "gradcam++", "recipro-cam")
+BATCHED_METHODS = ("scorecam", "recipro-cam")  # run in the masked lane, a batch at a time
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel, ScoreCAM
+from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel, ReciproCAM, ScoreCAM
 from app.cam.base import BaseCAM
 from app.cam.precision import native_precisions
 from app.errors import UnknownLayer, UnknownModel
@@ -53,6 +53,7 @@ class ServedModel:
     layers: list[str]
     layer_set: frozenset[str]
     layer_channels: dict[str, int] = field(default_factory=dict)
+    layer_locations: dict[str, int] = field(default_factory=dict)  # h·w of each Recipro-CAM layer
     _cams: OrderedDict[tuple[Any, ...], BaseCAM] = field(default_factory=OrderedDict)
 
     @property
@@ -80,6 +81,20 @@ class ServedModel:
             return self.layer_channels[layer]
         known = list(self.layer_channels.values())
         return max(known) if known else 1024
+
+    def check_recipro_layer(self, layer: str) -> None:
+        """UnsupportedLayer (listing the layers that work) when ``layer`` has no head."""
+        self.loaded.head(layer)
+
+    def locations(self, layer: str) -> int:
+        """Head evaluations Recipro-CAM needs at ``layer`` (h·w, measured at load)."""
+        return self.layer_locations.get(layer, max(self.layer_locations.values(), default=1024))
+
+    def recipro_cam(self, layer: str, precision: str | None) -> ReciproCAM:
+        key = ("recipro-cam", layer, precision)
+        head = self.loaded.head(layer)
+        build = lambda: ReciproCAM(self.inference, layer, head, precision=precision)  # noqa: E731
+        return self._cached(key, build)  # type: ignore[return-value]
 
     def scorecam(self, layer: str, weighting: str, precision: str | None, max_channels: int | None) -> ScoreCAM:
         key = ("scorecam", layer, weighting, precision, max_channels)
@@ -113,7 +128,29 @@ class ServedModel:
             "num_classes": self.num_classes,
             "target_layer": self.loaded.default_layer,
             "layers": list(self.layers),
+            "recipro_layers": self.loaded.recipro_layers(),
         }
+
+
+def measure_locations(inference: InferenceModel, layers: list[str], input_size: int) -> dict[str, int]:
+    """h·w of each layer's feature map at the model's input size (one forward, when there are layers)."""
+    if not layers:
+        return {}
+    found: dict[str, int] = {}
+    module = inference.module
+    handles = [
+        module.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: found.__setitem__(name, int(out.shape[-2] * out.shape[-1]))
+        )
+        for name in layers
+    ]
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(1, 3, input_size, input_size, device=inference.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
 
 
 class ModelStore:
@@ -181,6 +218,7 @@ class ModelStore:
                     name, inference.precision, self.device,
                 )
             layers = loaded.layer_names()
+            locations = measure_locations(inference, loaded.recipro_layers(), loaded.preprocessing.input_size)
             with self._lock:
                 self._models[name] = ServedModel(
                     name=name,
@@ -189,6 +227,7 @@ class ModelStore:
                     is_default=name == self.default,
                     layers=layers,
                     layer_set=frozenset(layers),
+                    layer_locations=locations,
                 )
 
     @property

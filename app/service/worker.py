@@ -1,7 +1,8 @@
 """The device worker: one thread that owns the models and runs every forward pass.
 
 Each step serves one lane in turn (round robin): a prediction batch for a model, one masked
-batch shared by the Score-CAM jobs of a model, or one Grad-CAM request. Score-CAM jobs advance
+batch shared by the Score-CAM jobs of a model (or one head batch shared by its Recipro-CAM jobs
+of one layer and precision: the job's group), or one Grad-CAM request. Score-CAM jobs advance
 a batch at a time, so a short explanation finishes while a long one is still running, and the
 deadline and cancellation of each request are checked between batches. With ``metrics=true``
 an explanation's faithfulness forwards then join the same masked batches, as a second job.
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from app.cam import fill_batch, run_batch
+from app.cam import ReciproCAM, ReciproJob, ScoreCAM, ScoreCamJob, fill_batch, run_batch
 from app.errors import ScoreCamError
 from app.service.metric_jobs import RequestMetricsJob
 from app.service.metrics import ServiceMetrics
@@ -187,8 +188,10 @@ class Worker:
                 return
         seconds = time.monotonic() - started
         size = sum(len(chunk) for chunk in chunks if any(chunk.job is item.job for item in members))
-        self.scheduler.record_batch("scorecam", model.name, members, size, seconds, precision)
-        self.metrics.observe_batch("scorecam", size)
+        # head batches are far cheaper than whole-network ones: kept out of the Score-CAM pace
+        kind = "recipro-cam" if chunks and isinstance(chunks[0].job, ReciproJob) else "scorecam"
+        self.scheduler.record_batch(kind, model.name, members, size, seconds, precision)
+        self.metrics.observe_batch(kind, size)
         self.metrics.masked_forwards.inc(size)
         for item in members:
             self._advance(model, item)
@@ -219,14 +222,19 @@ class Worker:
             for dropped, error in self.scheduler.purge(item.started_at):
                 dropped.settle(error=error)
             return
+        layer = item.layer or model.loaded.default_layer
         try:
-            cam = model.scorecam(item.layer or model.loaded.default_layer, item.weighting, item.precision, item.max_channels)
+            if item.method == "recipro-cam":
+                cam: ScoreCAM | ReciproCAM = model.recipro_cam(layer, item.precision)
+            else:
+                cam = model.scorecam(layer, item.weighting, item.precision, item.max_channels)
             item.job = cam.start(item.x, item.classes, top_k=item.top_k)
             item.group = item.job.group
         except Exception as exc:  # noqa: BLE001
             self._fail([item], exc)
             return
-        model.layer_channels[item.layer or model.loaded.default_layer] = int(item.job.stats.channels)
+        if isinstance(item.job, ScoreCamJob):
+            model.layer_channels[layer] = int(item.job.stats.channels)
         self._report(item)
         if item.job.finished:
             self._finish_job(model, item)

@@ -26,6 +26,7 @@ async def test_list_and_get() -> None:
         "num_classes": NUM_CLASSES,
         "target_layer": LAYER,
         "layers": first["layers"],
+        "recipro_layers": [LAYER],
     }
     assert LAYER in first["layers"]
     assert one["name"] == "tiny2" and one["default"] is False

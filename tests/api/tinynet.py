@@ -125,6 +125,7 @@ class TinyEntry:
             preprocessing=Preprocessing(input_size=INPUT_SIZE, resize_size=36),
             labels=[f"class {i}" for i in range(NUM_CLASSES)],
             default_layer=LAYER,
+            heads={LAYER: ("pool", "flatten", "fc")},  # Recipro-CAM's network after the layer
         )
 
 

@@ -120,10 +120,24 @@ def test_explain_given_classes_with_grad_cam(images: Path, tmp_path: Path) -> No
     assert written == ["cat.1.overlay.png", "cat.281.overlay.png", "cat.285.overlay.png"]
 
 
+def test_explain_with_recipro_cam(images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["explain", str(images / "cat.png"), "--method", "recipro-cam", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["method"], summary["layer"]) == ("recipro-cam", "bn2")
+    (entry,) = summary["images"]
+    (explanation,) = entry["explanations"]
+    assert explanation["class_index"] == entry["predictions"][0]["class_index"] in CATS
+    assert explanation["stats"]["forwarded"] == 49  # one head evaluation per location of the 7x7 map
+    assert (out / explanation["overlay"]).is_file()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--layer", "bn3"], "unknown layer 'bn3'; did you mean 'bn2'"),
+        (["--method", "recipro-cam", "--layer", "blocks.6"], "recipro-cam cannot explain layer 'blocks.6'"),
         (["--class", "tabby"], "--class takes class indices"),
         (["--class", "1000"], "class 1000 is out of range"),
         (["--top-k", "0"], "--top-k must be at least 1"),
@@ -133,6 +147,7 @@ def test_explain_option_errors(
     images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
     argv = ["explain", str(images / "cat.png"), "--method", "gradcam", "--no-progress", "--out", str(tmp_path), *extra]
+    # a later --method overrides the first
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 

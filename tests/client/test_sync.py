@@ -27,7 +27,7 @@ from scorecam_client import (
 
 from app.version import VERSION
 from tests.api.conftest import wait_until
-from tests.api.tinynet import CHANNELS, LAYER, NUM_CLASSES, Gate
+from tests.api.tinynet import CHANNELS, INPUT_SIZE, LAYER, NUM_CLASSES, Gate
 from tests.client.conftest import API_KEY, MODEL
 
 
@@ -92,6 +92,15 @@ def test_keywords_override_the_options_object(client: ScoreCamClient, cat_photo:
     assert result.explanations[0].overlay_png is None
 
 
+def test_recipro_cam_at_the_layers_the_server_lists(client: ScoreCamClient, cat_photo: Image.Image) -> None:
+    [model] = client.models()
+    assert model.recipro_layers == [LAYER]
+    result = client.explain(cat_photo, ExplainOptions(method="recipro-cam", layer=model.recipro_layers[0], outputs="raw"))
+    assert result.method == "recipro-cam" and result.layer == LAYER
+    assert result.stats.masked_forwards == (INPUT_SIZE // 2) ** 2  # one head evaluation per location
+    assert heatmap_array(result.explanations[0]).shape == (cat_photo.height, cat_photo.width)
+
+
 def test_explain_stream_yields_progress_then_the_result(client: ScoreCamClient, cat_photo: Image.Image) -> None:
     events = list(client.explain_stream(cat_photo, ExplainOptions(max_channels=8, outputs="heatmap")))
     progress = [e for e in events if isinstance(e, Progress)]
@@ -132,10 +141,11 @@ def test_leaving_a_stream_early_cancels_the_work(
     [
         (lambda c, img: c.predict(img, model="tiyn"), 404, "unknown_model", MODEL),
         (lambda c, img: c.explain(img, layer="features.9"), 422, "unknown_layer", LAYER),
+        (lambda c, img: c.explain(img, method="recipro-cam", layer="features.3"), 422, "unsupported_layer", LAYER),
         (lambda c, img: c.predict(b"not an image"), 422, "invalid_image", "PNG"),
         (lambda c, img: next(iter(c.explain_stream(img, model="nope"))), 404, "unknown_model", "valid names"),
     ],
-    ids=["unknown-model", "unknown-layer", "not-an-image", "stream-unknown-model"],
+    ids=["unknown-model", "unknown-layer", "unsupported-layer", "not-an-image", "stream-unknown-model"],
 )
 def test_errors_raise_api_error_with_the_server_code(
     client: ScoreCamClient, cat_photo: Image.Image, call: object, status: int, code: str, hint: str

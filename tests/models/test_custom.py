@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from app.errors import InvalidOption, UnknownLayer
+from app.errors import InvalidOption, UnknownLayer, UnsupportedLayer
 from app.models import CustomModelConfig, Registry, default_registry
 
 LABELS = ["cat", "dog", "bird"]
@@ -94,6 +94,24 @@ def test_state_dict_with_an_architecture(resnet_state: tuple[nn.Module, Path]) -
     assert registry.load("pets", weights=None).num_classes == 3
 
 
+def test_a_declared_head_is_the_only_recipro_layer(resnet_state: tuple[nn.Module, Path]) -> None:
+    _, path = resnet_state
+    registry = Registry()
+    base = {"name": "pets", "weights": str(path), "architecture": "resnet18", "num_classes": 3}
+    registry.register_custom({**base, "head": ["global_avg_pool", "flatten", "fc"]})
+    registry.register_custom({**base, "name": "headless"})
+    loaded = registry.load("pets")
+    assert loaded.recipro_layers() == ["layer4"]
+    x = torch.randn(2, 3, 64, 64)
+    kept: list[torch.Tensor] = []
+    loaded.module.layer4.register_forward_hook(lambda _m, _i, out: kept.append(out))
+    with torch.no_grad():
+        logits = loaded.module(x)
+        assert torch.allclose(loaded.head("layer4")(kept[0]), logits, atol=1e-5)
+    with pytest.raises(UnsupportedLayer, match="none"):
+        registry.load("headless").head("layer4")
+
+
 def test_overriding_input_size_keeps_the_crop_ratio(resnet_state: tuple[nn.Module, Path]) -> None:
     _, path = resnet_state
     config = CustomModelConfig.from_dict(
@@ -176,6 +194,7 @@ BAD_CONFIGS: list[tuple[dict[str, Any], str]] = [
         "input_size",
     ),
     ({"name": "timm/x", "weights": "w.pth", "architecture": "resnet18", "num_classes": 3}, "model name"),
+    ({"name": "m", "weights": "w.pth", "architecture": "resnet18", "num_classes": 3, "head": "fc"}, "head must be a list"),
 ]
 
 

@@ -5,7 +5,7 @@ import { ApiError, createApi, describeError } from "./api.js";
 import { drawHeatmap } from "./heatmap.js";
 
 const $ = (id) => document.getElementById(id);
-const METHOD_NAMES = { scorecam: "Score-CAM", gradcam: "Grad-CAM", "gradcam++": "Grad-CAM++" };
+const METHOD_NAMES = { scorecam: "Score-CAM", gradcam: "Grad-CAM", "gradcam++": "Grad-CAM++", "recipro-cam": "Recipro-CAM" };
 
 const state = {
   file: null, // the chosen File

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-Method = Literal["scorecam", "gradcam", "gradcam++"]
+Method = Literal["scorecam", "gradcam", "gradcam++", "recipro-cam"]
 Output = Literal["heatmap", "overlay", "raw"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Weighting = Literal["probability", "channel-softmax"]
@@ -33,6 +33,7 @@ class ModelEntry(_Body):
     num_classes: int
     target_layer: str
     layers: list[str]
+    recipro_layers: list[str] = []  # the layers method="recipro-cam" can explain
 
 
 class ModelList(_Body):

@@ -1,0 +1,191 @@
+"""Recipro-CAM (Byun and Lee, arXiv 2209.14074): gradient-free, about one forward per image.
+
+Score-CAM masks the image with each channel; Recipro-CAM masks the target layer's *feature map*
+with each location and runs only the network after the layer (the "head" g). For activations
+A [K, h, w] and class c:
+
+    M_ij = G ⋆ δ_ij                        kernel="gaussian": the 3x3 kernel
+           G = [[1/16, 1/8, 1/16],          [[1,2,1],[2,4,2],[1,2,1]] / 16 centred on (i, j),
+                [1/8,  1/4, 1/8 ],          cut at the border (the paper's spatial masking,
+                [1/16, 1/8, 1/16]]          as openvino-xai implements it)
+           δ_ij                             kernel="one-hot": that location alone
+    S_c(i, j) = softmax(g(A ∘ M_ij))[c]     one head evaluation per location: h·w in all
+    L_c = normalise(Up(S_c))                bilinear, then min-max to [0, 1]
+
+Example::
+
+    head = loaded.heads["bn2"]                       # from app.models (None: unsupported)
+    cam = ReciproCAM(InferenceModel(model), "bn2", head)
+    [[result]] = cam(x)                              # 49 head evaluations at a 7x7 layer
+
+Each image becomes a `ReciproJob`: its masked feature maps are built a chunk at a time on the
+device and share head batches with other Recipro-CAM jobs of the same model, layer and
+precision (`scheduler`); the network before the layer runs once, in the capture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from app.cam.base import BaseCAM, CancelCheck, ClassSpec, Progress, resolve_classes, split_classes
+from app.cam.capture import Capture
+from app.cam.inference import InferenceModel
+from app.cam.precision import autocast, resolve_precision
+from app.cam.results import CamResult, CamStats, normalize_map
+from app.cam.scheduler import BatchJob, run_jobs
+from app.errors import InvalidOption
+
+Head = Callable[[torch.Tensor], torch.Tensor]
+KERNELS: tuple[str, ...] = ("gaussian", "one-hot")
+GAUSSIAN_3X3 = torch.tensor([[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]])
+
+
+def location_masks(h: int, w: int, start: int, stop: int, kernel: str, device: torch.device) -> torch.Tensor:
+    """M_ij [stop − start, h, w] for the locations start..stop−1 in row-major order."""
+    index = torch.arange(start, stop, device=device)
+    masks = torch.zeros(stop - start, h * w, device=device)
+    masks[torch.arange(stop - start, device=device), index] = 1.0
+    masks = masks.reshape(-1, 1, h, w)
+    if kernel == "gaussian":
+        masks = F.conv2d(masks, GAUSSIAN_3X3.to(device)[None, None], padding=1)
+    return masks[:, 0]
+
+
+@dataclass
+class FeatureChunk:
+    """Masked feature maps A ∘ M_ij for locations [start, stop) of one job."""
+
+    job: ReciproJob
+    start: int
+    stop: int
+    inputs: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+class ReciproJob(BatchJob):
+    """One image's h·w head evaluations, consumable a chunk at a time by any scheduler."""
+
+    def __init__(self, cam: ReciproCAM, cap: Capture, classes: list[int]) -> None:
+        k, h, w = cap.activations.shape
+        super().__init__(cam.model, cam.precision, h * w)
+        self.cam = cam
+        self.capture = cap
+        self.classes = classes
+        self._class_index = torch.tensor(classes, device=cap.activations.device)
+        self.scores = torch.zeros(h * w, len(classes), device=cap.activations.device)
+
+    @property
+    def group(self) -> Hashable:
+        """Only head batches of the same model, layer (so the same head) and precision share."""
+        return (id(self.model), self.precision, "recipro-cam", self.cam.layer_name)
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        return self.capture.probabilities.cpu()
+
+    @property
+    def stats(self) -> CamStats:
+        return CamStats(channels=int(self.capture.activations.shape[0]), forwarded=self.total)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The head's fp32 logits, in the job's precision (fp32 runs without autocast)."""
+        with torch.inference_mode(), autocast(inputs.device, self.precision):
+            return self.cam.head(inputs).float()
+
+    def next_chunk(self, n: int) -> FeatureChunk:
+        """A ∘ M_ij for the next (at most) ``n`` locations, on the device."""
+        start, stop = self.claim(n)
+        acts = self.capture.activations
+        masks = location_masks(acts.shape[1], acts.shape[2], start, stop, self.cam.kernel, acts.device)
+        return FeatureChunk(self, start, stop, acts[None] * masks[:, None])
+
+    def record(self, chunk: FeatureChunk, logits: torch.Tensor) -> None:
+        """S_c(i, j) = softmax(g(A ∘ M_ij))[c], kept on the device."""
+        self.scores[chunk.start : chunk.stop] = torch.softmax(logits.float(), dim=1).index_select(1, self._class_index)
+        self.done += len(chunk)
+
+    def maps(self) -> torch.Tensor:
+        """S [C, h, w] at the layer's resolution (before upsampling and normalisation)."""
+        _, h, w = self.capture.activations.shape
+        return self.scores.T.reshape(len(self.classes), h, w)
+
+    def results(self) -> list[CamResult]:
+        """The normalised map for each class; only once every location is recorded."""
+        if not self.finished:
+            raise RuntimeError(f"job not finished: {self.done} of {self.total} locations recorded")
+        size = (self.capture.input.shape[-2], self.capture.input.shape[-1])
+        up = F.interpolate(self.maps()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        maps = normalize_map(up).cpu()
+        probs = self.probabilities
+        stats = self.stats
+        return [CamResult(c, float(probs[c]), maps[i], stats) for i, c in enumerate(self.classes)]
+
+
+class ReciproCAM(BaseCAM):
+    """Recipro-CAM with head batching.
+
+    Args:
+        model: the warm model.
+        layer: target layer name.
+        head: the network after ``layer`` (A [N, K, h, w] → logits [N, classes]); see
+            ``app.models.heads``.
+        kernel: "gaussian" (the paper's 3x3 neighbourhood, default) or "one-hot".
+        precision: head precision; None uses the model's default.
+        batch_size: masked feature maps per head call; None: the model's batch size.
+    """
+
+    def __init__(
+        self,
+        model: InferenceModel,
+        layer: str,
+        head: Head,
+        kernel: str = "gaussian",
+        precision: str | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        super().__init__(model, layer)
+        if kernel not in KERNELS:
+            raise InvalidOption(f"unknown kernel {kernel!r}; valid values: {', '.join(KERNELS)}")
+        if batch_size is not None and batch_size < 1:
+            raise InvalidOption(f"batch_size must be a positive integer, got {batch_size}")
+        self.head = head
+        self.kernel = kernel
+        self.precision = resolve_precision(precision or model.precision, model.device)
+        self.batch_size = batch_size
+
+    def start(self, x: torch.Tensor, classes: list[int] | None = None, top_k: int = 1) -> ReciproJob:
+        """Capture one image [1, 3, H, W] (its one full forward) and plan its head evaluations."""
+        cap = self.capture(x)
+        return ReciproJob(self, cap, resolve_classes(cap, classes, top_k))
+
+    def channel_weights(
+        self,
+        captures: list[Capture],
+        classes: list[list[int]],
+        progress: Progress | None,
+        cancelled: CancelCheck | None,
+    ) -> list[tuple[torch.Tensor, CamStats]]:
+        raise NotImplementedError("Recipro-CAM weights locations, not channels; see __call__")
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        classes: ClassSpec = None,
+        progress: Progress | None = None,
+        cancelled: CancelCheck | None = None,
+        top_k: int = 1,
+    ) -> list[list[CamResult]]:
+        """Explain each image of ``x`` [N, 3, H, W]; the head batches are shared by the images."""
+        if x.dim() != 4:
+            raise InvalidOption(f"expected a batch [N, 3, H, W], got shape {tuple(x.shape)}")
+        captures = [self.capture(x[i : i + 1]) for i in range(x.shape[0])]
+        specs = split_classes(classes, len(captures))
+        jobs = [ReciproJob(self, c, resolve_classes(c, s, top_k)) for c, s in zip(captures, specs)]
+        run_jobs(jobs, lambda: self.batch_size or self.model.batch_size, progress, cancelled)
+        return [job.results() for job in jobs]
