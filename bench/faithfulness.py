@@ -39,7 +39,7 @@ from app.cam import (
     GradCAM,
     GradCAMPlusPlus,
     InferenceModel,
-    MaskChunk,
+    RowChunk,
     ScoreCAM,
     run_jobs,
 )
@@ -136,7 +136,7 @@ def explain(rows: list[Row], model: InferenceModel, layer: str, x: torch.Tensor,
             chunk = lead.next_chunk(model.batch_size)
             logits = model.forward_masked(chunk.inputs, lead.precision)
             for job in jobs:
-                job.record(MaskChunk(job, chunk.start, chunk.stop, chunk.inputs), logits)
+                job.record(RowChunk(job, chunk.start, chunk.stop, chunk.inputs), logits)
         seconds = time.perf_counter() - start
         for m, job in zip(members, jobs):
             [r] = job.results()

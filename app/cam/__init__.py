@@ -18,8 +18,8 @@ from app.cam.precision import PRECISIONS, resolve_precision
 from app.cam.recipro_cam import KERNELS, ReciproCAM, ReciproJob
 from app.cam.results import CamResult, CamStats
 from app.cam.runtimes import RUNTIMES
-from app.cam.scheduler import fill_batch, run_batch, run_jobs
-from app.cam.score_cam import WEIGHTINGS, MaskChunk, ScoreCAM, ScoreCamJob
+from app.cam.scheduler import RowChunk, fill_batch, run_batch, run_jobs
+from app.cam.score_cam import WEIGHTINGS, ScoreCAM, ScoreCamJob
 
 METHODS: dict[str, type[BaseCAM]] = {"scorecam": ScoreCAM, "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
 
@@ -38,7 +38,7 @@ __all__ = [
     "GradCAMPlusPlus",
     "InferenceModel",
     "KERNELS",
-    "MaskChunk",
+    "RowChunk",
     "ReciproCAM",
     "ReciproJob",
     "ScoreCAM",

@@ -42,7 +42,7 @@ from app.cam.deletion import (
 )
 from app.cam.inference import InferenceModel
 from app.cam.precision import resolve_precision
-from app.cam.scheduler import BatchJob, run_jobs
+from app.cam.scheduler import BatchJob, RowChunk, run_jobs
 from app.errors import InvalidOption
 
 DEFAULT_STEP = 0.01
@@ -88,19 +88,6 @@ class Faithfulness:
 def faithfulness_forward_passes(height: int, width: int, step: float = DEFAULT_STEP) -> int:
     """Forward passes one ``faithfulness`` call costs at an input of ``height`` × ``width``: 2n + 1."""
     return 2 * pixel_schedule(height, width, step).steps + 1
-
-
-@dataclass
-class MetricChunk:
-    """Inputs [start, stop) of one job's forward passes (the scheduler's chunk interface)."""
-
-    job: FaithfulnessJob
-    start: int
-    stop: int
-    inputs: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.stop - self.start
 
 
 class FaithfulnessJob(BatchJob):
@@ -149,15 +136,15 @@ class FaithfulnessJob(BatchJob):
         super().__init__(model, resolve_precision(precision or model.precision, model.device), len(rows))
         self.probabilities = torch.zeros(self.total, device=device)
 
-    def next_chunk(self, n: int) -> MetricChunk:
+    def next_chunk(self, n: int) -> RowChunk:
         """Build the inputs of the next (at most) ``n`` forwards, on the device."""
         start, stop = self.claim(n)
         inputs = mixed_inputs(self.x, self.baseline, self.ranks, self._counts[start:stop], self._insert[start:stop])
         if start <= 1 < stop:
             inputs[1 - start] = self.x[0] * self.map
-        return MetricChunk(self, start, stop, inputs)
+        return RowChunk(self, start, stop, inputs)
 
-    def record(self, chunk: MetricChunk, logits: torch.Tensor) -> None:
+    def record(self, chunk: RowChunk, logits: torch.Tensor) -> None:
         """Keep the chunk's class probabilities (on the device; no host sync)."""
         if self.class_index >= logits.shape[1]:
             raise InvalidOption(f"class index {self.class_index} out of range; valid indices are 0..{logits.shape[1] - 1}")

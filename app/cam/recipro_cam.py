@@ -26,7 +26,6 @@ precision (`scheduler`); the network before the layer runs once, in the capture.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +35,7 @@ from app.cam.capture import Capture
 from app.cam.inference import InferenceModel
 from app.cam.precision import autocast, resolve_precision
 from app.cam.results import CamResult, CamStats, normalize_map
-from app.cam.scheduler import BatchJob, run_jobs
+from app.cam.scheduler import BatchJob, RowChunk, run_jobs
 from app.errors import InvalidOption
 
 Head = Callable[[torch.Tensor], torch.Tensor]
@@ -53,19 +52,6 @@ def location_masks(h: int, w: int, start: int, stop: int, kernel: str, device: t
     if kernel == "gaussian":
         masks = F.conv2d(masks, GAUSSIAN_3X3.to(device)[None, None], padding=1)
     return masks[:, 0]
-
-
-@dataclass
-class FeatureChunk:
-    """Masked feature maps A ∘ M_ij for locations [start, stop) of one job."""
-
-    job: ReciproJob
-    start: int
-    stop: int
-    inputs: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.stop - self.start
 
 
 class ReciproJob(BatchJob):
@@ -98,14 +84,14 @@ class ReciproJob(BatchJob):
         with torch.inference_mode(), autocast(inputs.device, self.precision):
             return self.cam.head(inputs).float()
 
-    def next_chunk(self, n: int) -> FeatureChunk:
+    def next_chunk(self, n: int) -> RowChunk:
         """A ∘ M_ij for the next (at most) ``n`` locations, on the device."""
         start, stop = self.claim(n)
         acts = self.capture.activations
         masks = location_masks(acts.shape[1], acts.shape[2], start, stop, self.cam.kernel, acts.device)
-        return FeatureChunk(self, start, stop, acts[None] * masks[:, None])
+        return RowChunk(self, start, stop, acts[None] * masks[:, None])
 
-    def record(self, chunk: FeatureChunk, logits: torch.Tensor) -> None:
+    def record(self, chunk: RowChunk, logits: torch.Tensor) -> None:
         """S_c(i, j) = softmax(g(A ∘ M_ij))[c], kept on the device."""
         self.scores[chunk.start : chunk.stop] = torch.softmax(logits.float(), dim=1).index_select(1, self._class_index)
         self.done += len(chunk)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -74,6 +75,20 @@ class BatchJob(ABC):
     @abstractmethod
     def record(self, chunk: Chunk, logits: torch.Tensor) -> None:
         """Keep what the chunk's forwards produced."""
+
+
+@dataclass
+class RowChunk:
+    """Inputs for rows [start, stop) of one job's forwards: the chunk Score-CAM masks,
+    faithfulness curves and Recipro-CAM feature maps all hand out."""
+
+    job: BatchJob
+    start: int
+    stop: int
+    inputs: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.stop - self.start
 
 
 def fill_batch(jobs: Sequence[BatchJob], batch_size: int) -> list[Chunk]:

@@ -21,7 +21,6 @@ the scores stay on the device until the map is combined.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
@@ -31,23 +30,10 @@ from app.cam.channels import ChannelPlan, build_masked_inputs, plan_channels
 from app.cam.inference import InferenceModel
 from app.cam.precision import resolve_precision
 from app.cam.results import CamResult, CamStats
-from app.cam.scheduler import BatchJob, run_jobs
+from app.cam.scheduler import BatchJob, RowChunk, run_jobs
 from app.errors import InvalidOption
 
 WEIGHTINGS: tuple[str, ...] = ("probability", "channel-softmax")
-
-
-@dataclass
-class MaskChunk:
-    """Masked inputs for unique maps [start, stop) of one job."""
-
-    job: ScoreCamJob
-    start: int
-    stop: int
-    inputs: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.stop - self.start
 
 
 class ScoreCamJob(BatchJob):
@@ -66,13 +52,13 @@ class ScoreCamJob(BatchJob):
     def probabilities(self) -> torch.Tensor:
         return self.capture.probabilities.cpu()
 
-    def next_chunk(self, n: int) -> MaskChunk:
+    def next_chunk(self, n: int) -> RowChunk:
         """Build the masked inputs of the next (at most) ``n`` unique maps, on the device."""
         start, stop = self.claim(n)
         inputs = build_masked_inputs(self.capture.input, self.plan, start, stop)
-        return MaskChunk(self, start, stop, inputs)
+        return RowChunk(self, start, stop, inputs)
 
-    def record(self, chunk: MaskChunk, logits: torch.Tensor) -> None:
+    def record(self, chunk: RowChunk, logits: torch.Tensor) -> None:
         """Keep the chunk's class scores (on the device; no host sync)."""
         if self.cam.weighting == "probability":
             values = torch.softmax(logits.float(), dim=1).index_select(1, self._class_index)
