@@ -42,6 +42,14 @@ class BaseCAM(ABC):
         """The hooked forward of one image [1, 3, H, W] (moved to the model's device)."""
         return capture(self.model.module, self.layer, self.layer_name, x.to(self.model.device), self.uses_gradients)
 
+    def prepare(self, x: torch.Tensor, classes: ClassSpec, top_k: int) -> tuple[list[Capture], list[list[int]]]:
+        """One hooked forward per image of ``x`` [N, 3, H, W] and each image's validated classes."""
+        if x.dim() != 4:
+            raise InvalidOption(f"expected a batch [N, 3, H, W], got shape {tuple(x.shape)}")
+        captures = [self.capture(x[i : i + 1]) for i in range(x.shape[0])]
+        targets = [resolve_classes(c, spec, top_k) for c, spec in zip(captures, split_classes(classes, len(captures)))]
+        return captures, targets
+
     @abstractmethod
     def channel_weights(
         self,
@@ -64,10 +72,7 @@ class BaseCAM(ABC):
 
         ``classes`` is one list for every image, or one list per image.
         """
-        if x.dim() != 4:
-            raise InvalidOption(f"expected a batch [N, 3, H, W], got shape {tuple(x.shape)}")
-        captures = [self.capture(x[i : i + 1]) for i in range(x.shape[0])]
-        targets = [resolve_classes(c, spec, top_k) for c, spec in zip(captures, split_classes(classes, len(captures)))]
+        captures, targets = self.prepare(x, classes, top_k)
         weighted = self.channel_weights(captures, targets, progress, cancelled)
         return [
             build_results(c, t, w, s) for c, t, (w, s) in zip(captures, targets, weighted)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Hashable
 import torch
 import torch.nn.functional as F
 
-from app.cam.base import BaseCAM, CancelCheck, ClassSpec, Progress, resolve_classes, split_classes
+from app.cam.base import BaseCAM, CancelCheck, ClassSpec, Progress, resolve_classes
 from app.cam.capture import Capture
 from app.cam.inference import InferenceModel
 from app.cam.precision import autocast, resolve_precision
@@ -168,10 +168,7 @@ class ReciproCAM(BaseCAM):
         top_k: int = 1,
     ) -> list[list[CamResult]]:
         """Explain each image of ``x`` [N, 3, H, W]; the head batches are shared by the images."""
-        if x.dim() != 4:
-            raise InvalidOption(f"expected a batch [N, 3, H, W], got shape {tuple(x.shape)}")
-        captures = [self.capture(x[i : i + 1]) for i in range(x.shape[0])]
-        specs = split_classes(classes, len(captures))
-        jobs = [ReciproJob(self, c, resolve_classes(c, s, top_k)) for c, s in zip(captures, specs)]
+        captures, targets = self.prepare(x, classes, top_k)
+        jobs = [ReciproJob(self, c, t) for c, t in zip(captures, targets)]
         run_jobs(jobs, lambda: self.batch_size or self.model.batch_size, progress, cancelled)
         return [job.results() for job in jobs]
