@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +113,21 @@ class GatedServer:
         self._log.close()
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[GatedServer]:
-    s = GatedServer(tmp_path / "server.log", graceful_timeout_s=GRACE_S)
+@contextmanager
+def ready_gated_server(log: Path, graceful_timeout_s: float) -> Iterator[GatedServer]:
+    """A gated ``scorecam serve`` child, ready; killed and reaped on the way out."""
+    s = GatedServer(log, graceful_timeout_s=graceful_timeout_s)
     try:
         s.wait_ready()
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[GatedServer]:
+    with ready_gated_server(tmp_path / "server.log", GRACE_S) as s:
+        yield s
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:

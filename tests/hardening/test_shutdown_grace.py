@@ -11,19 +11,24 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .test_shutdown import DEADLINE_S, GatedServer, assert_unavailable, explain, explain_stream, predict, wait_for
+from .test_shutdown import (
+    DEADLINE_S,
+    GatedServer,
+    assert_unavailable,
+    explain,
+    explain_stream,
+    predict,
+    ready_gated_server,
+    wait_for,
+)
 
 GRACE_S = 1
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[GatedServer]:
-    s = GatedServer(tmp_path / "server.log", graceful_timeout_s=GRACE_S)
-    try:
-        s.wait_ready()
+    with ready_gated_server(tmp_path / "server.log", GRACE_S) as s:
         yield s
-    finally:
-        s.close()
 
 
 def test_requests_cut_off_by_the_grace_period_get_a_json_503_with_retry_after(server: GatedServer, cat_png: bytes) -> None:
