@@ -20,7 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-METHODS = ("scorecam", "gradcam", "gradcam++", "recipro-cam")
+from app.methods import METHOD_NAMES
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RUNTIMES = ("auto", "torch", "openvino")
 WEIGHTINGS = ("probability", "channel-softmax")
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="explain images locally (no server) and write overlays")
     explain.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders")
     explain.add_argument("--model", help="model name (default: the registry's first; see `scorecam models`)")
-    explain.add_argument("--method", choices=METHODS, default="scorecam")
+    explain.add_argument("--method", choices=METHOD_NAMES, default="scorecam")
     explain.add_argument(
         "--class", dest="classes", action="append", metavar="N[,N...]",
         help="class index to explain (repeatable or comma-separated; default: the top-k predictions)",
@@ -267,8 +268,8 @@ class LocalExplainer:
 
         import torch
 
-        from app.service.images import ImageLimits, decode_image
-        from app.service.render import overlay_png, resize_map
+        from app.imaging.images import ImageLimits, decode_image
+        from app.imaging.render import overlay_png, resize_map
 
         image = decode_image(path.read_bytes(), ImageLimits(max_bytes=1 << 40, max_megapixels=1e6))
         x = self.loaded.preprocessing.full_tensor(image).unsqueeze(0)

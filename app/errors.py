@@ -127,3 +127,13 @@ class ServiceUnavailable(ScoreCamError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class InternalError(ScoreCamError):
+    """An unexpected failure while computing one request (a bug or a device error)."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id

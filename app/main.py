@@ -20,13 +20,14 @@ from app.api.openapi import install_schema_limits, mount_docs
 from app.api.routes import explain, health, metrics, models, predict, v2
 from app.api.routes.web import mount_demo_page
 from app.config import Settings
-from app.service.inference import ScoreCamService
-from app.service.metrics import ServiceMetrics
-from app.service.registry_state import ModelSource
+from app.service.score_cam_service import ScoreCamService
+from app.service.prometheus import ServiceMetrics
+from app.service.hosted_models import ModelSource, default_model_source
 from app.service.threads import install_default_executor
 from app.version import VERSION
 
 log = logging.getLogger(__name__)
+__all__ = ["create_app", "default_model_source"]
 
 DESCRIPTION = """\
 Classify images with convolutional networks and explain each decision with Score-CAM heatmaps.
@@ -37,21 +38,15 @@ shape `{"error": {"code": "...", "message": "..."}}`.
 """
 
 
-def default_model_source(settings: Settings) -> ModelSource:
-    """The model zoo's registry plus the configured bring-your-own models (fails fast on a bad config)."""
-    from app.models import default_registry
-
-    registry = default_registry()
-    for config in settings.custom_models:
-        registry.register_custom(config)
-    return registry  # type: ignore[return-value]
-
-
 def create_app(settings: Settings | None = None, *, model_source: ModelSource | None = None) -> FastAPI:
-    """Build the FastAPI app; the lifespan loads and warms the models in the worker thread."""
+    """Build the FastAPI app; the lifespan starts the worker process, which loads and warms the models.
+
+    ``model_source``: a registry to serve from instead of the default one (it must pickle: the
+    worker process gets a copy).
+    """
     settings = settings or Settings()
     metrics_ = ServiceMetrics()
-    service = ScoreCamService(settings, model_source or default_model_source(settings), metrics_)
+    service = ScoreCamService(settings, model_source, metrics_)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -32,6 +32,7 @@ from app.config import Settings
 from app.main import create_app
 
 log = logging.getLogger(__name__)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ANSWER_MARGIN_S = 2  # after the grace period, time for handlers to write their 503s
 
 
@@ -141,12 +142,30 @@ def serving_server(app: FastAPI, settings: Settings) -> DrainingServer:
     )
 
 
+def configure_logging(level: str) -> None:
+    """Show the service's own log lines (the ``app`` loggers) next to uvicorn's, at ``level``.
+
+    uvicorn configures only its own loggers; without this the start-up lines (each model's device,
+    runtime, precision, batch size and warm-up time; the address served) would go nowhere. A
+    handler the embedding program installed is kept.
+    """
+    logger = logging.getLogger("app")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 def serve(settings: Settings | None = None, *, app: FastAPI | None = None) -> None:
     """Serve ``app`` (default: ``create_app(settings)``) until SIGTERM/SIGINT; returns after a
     graceful shutdown."""
     settings = settings or Settings()
+    configure_logging(settings.log_level)
     app = app or create_app(settings)
     server = serving_server(app, settings)
+    log.info("serving %s on http://%s:%d", ", ".join(settings.models), settings.host, settings.port)
     with exit_zero_after_sigterm():
         server.run()
 

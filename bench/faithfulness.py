@@ -1,4 +1,4 @@
-"""Faithfulness of Score-CAM against Grad-CAM and Grad-CAM++: the paper's Tables 1 and 3, reproduced.
+"""Faithfulness of Score-CAM against Grad-CAM, Grad-CAM++ and Recipro-CAM: the paper's Tables 1 and 3, reproduced.
 
 Over the photos of ../shared/eval/imagenet-samples with the embedded EfficientNet-Lite0 (layer
 bn2), explaining the predicted class of each photo: Average Drop, Increase in Confidence,
@@ -7,12 +7,15 @@ figures, plus a PNG of the mean deletion / insertion curves and a grid of exampl
 
     .venv/bin/python bench/faithfulness.py                       # 100 photos, step 5 %: 23.8 min on 2 idle AVX2 cores
     .venv/bin/python bench/faithfulness.py --images 4 --rows faster-64,gradcam,gradcam++ --step 0.1
+    .venv/bin/python bench/faithfulness.py --images 100 --step 0.05 --rows recipro-cam --precision fp32
 
 Rows (``--rows``, comma-separated): ``scorecam`` (all channels of the layer that are not
 constant, probability weighting: the official code), ``scorecam-cs`` (channel-softmax weighting),
 ``faster-<k>`` / ``faster-<k>-cs`` (Faster Score-CAM, the k highest-variance channels),
-``gradcam``, ``gradcam++``, and ``centre`` (a fixed centred Gaussian, no model: a control that
-says how much of a score any object-centred blob gets). Score-CAM rows with the same channels share
+``gradcam``, ``gradcam++``, ``recipro-cam`` (Recipro-CAM, Gaussian kernel, through the model's
+head after the layer: ``app.models`` has one at the default layer bn2 only), and ``centre`` (a
+fixed centred Gaussian, no model: a control that says how much of a score any object-centred blob
+gets). Score-CAM rows with the same channels share
 their masked forwards (only the weighting differs). Every forward runs in the engine's default
 mode: precision "auto" (bf16 where the CPU computes it natively, fp32 elsewhere) and the measured
 batch size; the table prints the mode of each row. Outputs go to bench/out/faithfulness/.
@@ -39,6 +42,7 @@ from app.cam import (
     GradCAM,
     GradCAMPlusPlus,
     InferenceModel,
+    ReciproCAM,
     RowChunk,
     ScoreCAM,
     run_jobs,
@@ -49,11 +53,13 @@ from app.cam.faithfulness import (
     faithfulness_forward_passes,
     summarise,
 )
+from app.errors import UnsupportedLayer
 from app.models import default_registry
+from app.models.heads import Head
 
 SAMPLES = ROOT.parent / "shared" / "eval" / "imagenet-samples"
 OUT = ROOT / "bench" / "out" / "faithfulness"
-DEFAULT_ROWS = "scorecam,scorecam-cs,faster-64,faster-256,gradcam,gradcam++"
+DEFAULT_ROWS = "scorecam,scorecam-cs,faster-64,faster-256,gradcam,gradcam++,recipro-cam"
 # Score-CAM paper (Wang et al. 2020), VGG16 on 2,000 ILSVRC2012 validation images: Table 1 (Average
 # Drop / Increase, %) and Table 3 (insertion / deletion AUC, per-pixel curves, blurred canvas).
 PAPER = {
@@ -61,7 +67,7 @@ PAPER = {
     "gradcam++": (45.5, 18.9, 0.346, 0.082),
     "scorecam": (31.5, 30.6, 0.386, 0.077),
 }
-ROW_PATTERN = re.compile(r"^(scorecam|faster-(\d+))(-cs)?$|^(gradcam|gradcam\+\+|centre)$")
+ROW_PATTERN = re.compile(r"^(scorecam|faster-(\d+))(-cs)?$|^(gradcam|gradcam\+\+|recipro-cam|centre)$")
 
 
 @dataclass(frozen=True)
@@ -69,13 +75,15 @@ class Row:
     """One line of the table: a method and its options."""
 
     name: str
-    method: str  # "scorecam", "gradcam", "gradcam++" or "centre"
+    method: str  # "scorecam", "gradcam", "gradcam++", "recipro-cam" or "centre"
     weighting: str = "probability"
     max_channels: int | None = None
 
     def mode(self, model: InferenceModel) -> str:
         if self.method == "centre":
             return "no model: Gaussian, σ = side/4"
+        if self.method == "recipro-cam":
+            return f"1 forward + h·w head runs, gaussian, {model.precision}, batch {model.batch_size}"
         if self.method != "scorecam":
             return "1 forward + 1 backward, fp32"
         channels = "all non-constant channels" if self.max_channels is None else f"top-{self.max_channels} channels"
@@ -87,7 +95,7 @@ def parse_rows(text: str) -> list[Row]:
     for name in [n.strip() for n in text.split(",") if n.strip()]:
         match = ROW_PATTERN.match(name)
         if match is None:
-            sys.exit(f"unknown row {name!r}: use scorecam, scorecam-cs, faster-<k>, faster-<k>-cs, gradcam, gradcam++, centre")
+            sys.exit(f"unknown row {name!r}: use scorecam, scorecam-cs, faster-<k>, faster-<k>-cs, gradcam, gradcam++, recipro-cam, centre")
         if match.group(4):
             rows.append(Row(name, match.group(4)))
         else:
@@ -113,8 +121,11 @@ def centre_map(side: int) -> torch.Tensor:
     return torch.exp(-r2 / (2 * (side / 4) ** 2))
 
 
-def explain(rows: list[Row], model: InferenceModel, layer: str, x: torch.Tensor, cls: int) -> dict[str, tuple[torch.Tensor, int, float]]:
-    """Each row's map [H, W], masked forwards and seconds; Score-CAM rows with the same channels share forwards."""
+def explain(
+    rows: list[Row], model: InferenceModel, layer: str, x: torch.Tensor, cls: int, head: Head | None = None
+) -> dict[str, tuple[torch.Tensor, int, float]]:
+    """Each row's map [H, W], masked forwards (Recipro-CAM: head runs) and seconds; Score-CAM rows
+    with the same channels share forwards. ``head``: the network after ``layer``, for Recipro-CAM."""
     out: dict[str, tuple[torch.Tensor, int, float]] = {}
     groups: dict[int | None, list[Row]] = {}
     for row in rows:
@@ -122,6 +133,11 @@ def explain(rows: list[Row], model: InferenceModel, layer: str, x: torch.Tensor,
             groups.setdefault(row.max_channels, []).append(row)
         elif row.method == "centre":
             out[row.name] = (centre_map(x.shape[-1]), 0, 0.0)
+        elif row.method == "recipro-cam":
+            assert head is not None, "a recipro-cam row needs the layer's head"
+            start = time.perf_counter()
+            [[r]] = ReciproCAM(model, layer, head)(x, classes=[cls])
+            out[row.name] = (r.map, r.stats.forwarded, time.perf_counter() - start)
         else:
             start = time.perf_counter()
             cam = GradCAM(model, layer) if row.method == "gradcam" else GradCAMPlusPlus(model, layer)
@@ -170,6 +186,12 @@ def main() -> None:
     side = loaded.preprocessing.input_size
     model = InferenceModel(loaded.module, precision=args.precision, batch_size="auto")
     model.tune_batch_size(side)
+    head = None
+    if any(r.method == "recipro-cam" for r in rows):
+        try:
+            head = loaded.head(layer)
+        except UnsupportedLayer as e:
+            sys.exit(f"row recipro-cam: {e}")
     samples = load_samples(args.images)
     per_metric = faithfulness_forward_passes(side, side, args.step)
     print(f"{len(samples)} photos, rows {', '.join(r.name for r in rows)}; layer {layer}, precision {model.precision}, "
@@ -188,7 +210,7 @@ def main() -> None:
         tick = time.perf_counter()
         x = loaded.preprocessing.eval_tensor(Image.open(path).convert("RGB"))[None]
         cls = int(model.predict_logits(x, "fp32")[0].argmax())
-        maps = explain(rows, model, layer, x, cls)
+        maps = explain(rows, model, layer, x, cls, head)
         baseline = blurred(x) if args.baseline == "blur" else 0.0
         jobs = {name: FaithfulnessJob(model, x, cls, m, args.step, baseline) for name, (m, _, _) in maps.items()}
         metric_start = time.perf_counter()
@@ -237,7 +259,8 @@ def print_table(rows, summaries, forwards, seconds, model, per_metric, args, wal
               f"{statistics.mean(seconds[row.name]):>6.2f} {s.average_drop:>6.1f} {s.increase:>6.1f} "
               f"{s.insertion_auc:>6.3f} {s.deletion_auc:>6.3f}{ref}")
     print(f"(+ {per_metric} forwards per row and image for the metrics; Score-CAM rows with the same channels share "
-          "their masked forwards and their s/img; Drop and Incr in %, AUCs of the class probability)")
+          "their masked forwards and their s/img; recipro-cam's fwd/img are head runs, not whole forwards; "
+          "Drop and Incr in %, AUCs of the class probability)")
 
 
 def write_json(args, rows, summaries, forwards, seconds, model, layer, per_image, wall) -> None:  # type: ignore[no-untyped-def]

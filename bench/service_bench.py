@@ -1,34 +1,48 @@
-"""Concurrency sweep of POST /v1/explain against the baseline a user would write today.
+"""The served Score-CAM against the in-process engine and against pytorch-grad-cam, in one run.
 
-Two servers run under uvicorn on loopback, each in its own process, in the same run:
+Issue 12's benchmark. Everything runs on this machine, one thing at a time:
 
-* service:  this project (``app.main:create_app``) on the embedded efficientnet_lite0;
-* baseline: a plain FastAPI endpoint (defined below) that runs pytorch-grad-cam's ScoreCAM
-  (batch_size 32, target layer ``bn2``) per request in the thread pool.
+1. the service starts as the README's ``scorecam serve`` does (embedded efficientnet_lite0, auto
+   precision and runtime, tuned batch size; --runtime, --precision, --batch-size override) and
+   reports its model, layer, device, precision, runtime (GET /v1/models) and batch size (its
+   start-up log line);
+2. while the server idles, this process builds the same engine (same model, layer, precision,
+   runtime and batch size) in its own main thread and explains the same photos, preprocessed as
+   the service does (decode_image, then Preprocessing.full_tensor): at 1 client one ScoreCAM call
+   per photo, at 4 clients 4 ScoreCAM.start jobs at a time sharing batches through
+   fill_batch/run_batch, round robin, as the worker does;
+3. the service is measured at 1 and 4 clients (closed loop, the same photo sequence), each level
+   right after the in-process one (never both at once; the server is idle during step 2);
+4. the server stops; a plain FastAPI endpoint running pytorch-grad-cam's ScoreCAM (batch_size 32,
+   layer bn2) per request in the thread pool starts and is measured at 1 client.
 
-For each concurrency level the client keeps that many requests in flight until the request
-count or the time budget is spent, then prints explanations per second and p50/p95 latency per
-server, the service/baseline ratio, and the HTTP overhead at one client (latency over HTTP
-against the engine's own time for the same image, measured in this process).
+Table 1: seconds per explanation (level wall time / explanations), in-process and served, and
+in-process/served (goal >= 0.95, i.e. served <= 1.05x in-process). Table 2: the served default
+mode against pytorch-grad-cam at 1 client on the same photos (goal: 20x on a CPU with native bf16,
+10x on an AVX2-only one). The in-process time is the engine's alone (no decode, no PNG, no HTTP).
 
-    python bench/service_bench.py --levels 1,4,16 --requests 16 --baseline-requests 2
+    .venv/bin/python bench/service_bench.py                          # the measurement
+    .venv/bin/python bench/service_bench.py --max-channels 32 --photos 2 --requests 2 \\
+        --baseline-requests 1                                         # a check that it runs
 
-pytorch-grad-cam takes 20-50 s per image on two CPU cores: keep --baseline-requests small.
+pytorch-grad-cam takes 20-50 s per photo on two CPU cores: keep --baseline-requests small.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
+import importlib.metadata
 import io
 import os
+import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 from fastapi import File, UploadFile
@@ -38,12 +52,18 @@ sys.path.insert(0, str(REPO))
 
 from bench.serving import ServerProcess  # noqa: E402
 
+SAMPLES = REPO.parent / "shared" / "eval" / "imagenet-samples"
+# app/service/warmup.py's line once a model is warm: "model M ready on cpu: runtime R, precision P, batch size N"
+WARM_LINE = re.compile(r"model (\S+?):? (?:ready|warm) on \S+?:? .*?runtime (\w+), precision (\w+), batch size (\d+)")
+
 
 # ---- the baseline server ------------------------------------------------------------------
 
 
 def baseline_app():  # type: ignore[no-untyped-def]
     """What a user writes today: pytorch-grad-cam's ScoreCAM per request, in the thread pool."""
+    import base64
+
     import numpy as np
     import torch
     from fastapi import FastAPI
@@ -81,191 +101,266 @@ def baseline_app():  # type: ignore[no-untyped-def]
     return app
 
 
-def run_server(kind: str, port: int, batch_size: int | None) -> None:
-    """Entry point of the server processes."""
+def serve_baseline(port: int) -> None:
     import uvicorn
 
-    if kind == "baseline":
-        app = baseline_app()
-    else:
-        from app.config import Settings
-        from app.main import create_app
-
-        # a long deadline: the sweep measures throughput under load, not the 504 path
-        settings = Settings(
-            port=port, log_level="warning", explain_batch_size=batch_size, max_queue_requests=1024, request_timeout_s=3600
-        )
-        app = create_app(settings)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(baseline_app(), host="127.0.0.1", port=port, log_level="warning")
 
 
-# ---- the client ---------------------------------------------------------------------------
+# ---- the served side ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the running service reported about its default model's Score-CAM engine."""
+
+    model: str
+    layer: str
+    device: str
+    precision: str
+    runtime: str
+    batch_size: int
+
+
+def start_service(args: argparse.Namespace) -> tuple[ServerProcess, Served]:
+    """``scorecam serve`` (README defaults) and what it reports; the batch size from its INFO log."""
+    env = {"SCORECAM_LOG_LEVEL": "info"}  # the README default (bench/serving.py would set warning)
+    for flag, variable in (("runtime", "SCORECAM_RUNTIME"), ("precision", "SCORECAM_PRECISION"),
+                           ("batch_size", "SCORECAM_EXPLAIN_BATCH_SIZE")):
+        if getattr(args, flag) is not None:
+            env[variable] = str(getattr(args, flag))
+    server = ServerProcess(env=env).start(ready_timeout_s=900)  # python -m app.cli serve --port P
+    [entry] = [m for m in httpx.get(f"{server.url}/v1/models", timeout=30).json()["models"] if m["default"]]
+    warm = {m.group(1): m for m in WARM_LINE.finditer(server.log_tail(1 << 20))}.get(entry["name"])
+    batch_size = entry.get("batch_size") or (warm and int(warm.group(4)))
+    if not batch_size:
+        server.stop()
+        sys.exit(f"the service reported no batch size for {entry['name']}; its log ends:\n{server.log_tail()}")
+    if warm and (warm.group(2), warm.group(3)) != (entry["runtime"], entry["precision"]):
+        print(f"(warm-up line {warm.group(0)!r} disagrees with /v1/models {entry})", file=sys.stderr)
+    served = Served(entry["name"], entry["target_layer"], entry["device"], entry["precision"], entry["runtime"],
+                    int(batch_size))
+    return server, served
 
 
 @dataclass
-class LevelResult:
-    server: str
+class Level:
+    """One closed-loop level: ``clients`` requests in flight until ``sequence`` is spent."""
+
     clients: int
-    sent: int
-    ok: int
-    wall_s: float
-    latencies: list[float]
-    compute_ms: list[float]
+    wall_s: float = 0.0
+    photos: list[int] = field(default_factory=list)  # photo index of each answered request
+    latencies: list[float] = field(default_factory=list)
+    compute_ms: list[float] = field(default_factory=list)
+    failed: int = 0
 
     @property
-    def per_second(self) -> float:
-        return self.ok / self.wall_s if self.wall_s > 0 else 0.0
+    def per_explanation(self) -> float:
+        return self.wall_s / len(self.latencies) if self.latencies else float("nan")
 
-    def percentile(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    def mean_latency(self, photos: set[int]) -> float:
+        chosen = [s for p, s in zip(self.photos, self.latencies) if p in photos]
+        return statistics.mean(chosen) if chosen else float("nan")
 
 
-def start_server(kind: str, batch_size: int | None, ready_timeout: float) -> ServerProcess:
-    def command(port: int) -> list[str]:
-        args = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
-        return args + (["--batch-size", str(batch_size)] if batch_size is not None else [])
-
-    return ServerProcess(command_for_port=command).start(ready_timeout)
-
-
-async def sweep_level(
-    server: str, url: str, image: bytes, clients: int, requests: int, budget_s: float, form: dict[str, str]
-) -> LevelResult:
-    """Keep ``clients`` requests in flight until ``requests`` are sent or the budget is spent."""
-    latencies: list[float] = []
-    compute: list[float] = []
-    sent = ok = 0
-    started = time.monotonic()
+async def run_level(url: str, photos: list[bytes], sequence: list[int], clients: int, form: dict[str, str]) -> Level:
+    level = Level(clients)
+    queue = iter(sequence)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as client:
 
         async def one_client() -> None:
-            nonlocal sent, ok
-            while sent < requests and time.monotonic() - started < budget_s:
-                sent += 1
-                t0 = time.monotonic()
-                response = await client.post("/v1/explain", files={"image": ("bench.png", image)}, data=form)
-                if response.status_code == 200:
-                    ok += 1
-                    latencies.append(time.monotonic() - t0)
-                    timing = response.json().get("timing_ms")
-                    if timing:
-                        compute.append(timing["compute_ms"])
-                else:
-                    print(f"  {server}: HTTP {response.status_code} {response.text[:200]}", file=sys.stderr)
+            for index in queue:  # shared iterator: each request takes the next photo of the sequence
+                t0 = time.perf_counter()
+                response = await client.post("/v1/explain", files={"image": ("photo.jpg", photos[index])}, data=form)
+                if response.status_code != 200:
+                    level.failed += 1
+                    print(f"  HTTP {response.status_code} {response.text[:300]}", file=sys.stderr)
+                    continue
+                level.latencies.append(time.perf_counter() - t0)
+                level.photos.append(index)
+                timing = response.json().get("timing_ms")
+                if timing:
+                    level.compute_ms.append(timing["compute_ms"])
 
+        started = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(clients)))
-    return LevelResult(server, clients, sent, ok, time.monotonic() - started, latencies, compute)
+        level.wall_s = time.perf_counter() - started
+    return level
 
 
-def engine_seconds(image_bytes: bytes, batch_size: int | None, max_channels: int | None, repeats: int) -> float:
-    """The engine's own time for the same image, in this process (no HTTP, no queue, no PNGs)."""
-    from PIL import Image
+# ---- the in-process side ------------------------------------------------------------------
+
+
+def build_engine(served: Served) -> tuple[Any, Callable[[bytes], Any]]:
+    """The service's engine rebuilt here: (InferenceModel, bytes -> [1, 3, S, S] as the service makes it)."""
+    import torch
 
     from app.cam import InferenceModel, ScoreCAM
+    from app.config import Settings
     from app.models import default_registry
+    from app.imaging.images import ImageLimits, decode_image
 
-    loaded = default_registry().load("efficientnet_lite0")
-    model = InferenceModel(loaded.module, batch_size=batch_size or "auto", input_size=loaded.preprocessing.input_size)
-    if batch_size is None:
-        model.tune_batch_size()
-    x = loaded.preprocessing.full_tensor(Image.open(io.BytesIO(image_bytes)).convert("RGB"))[None]
-    cam = ScoreCAM(model, loaded.default_layer, max_channels=max_channels)
-    cam(x)  # warm
-    times = []
-    for _ in range(repeats):
-        t0 = time.monotonic()
-        cam(x)
-        times.append(time.monotonic() - t0)
-    return statistics.median(times)
-
-
-def load_image(path: str | None) -> bytes:
-    if path:
-        return Path(path).read_bytes()
-    from skimage import data
-
-    return (Path(data.__file__).parent / "chelsea.png").read_bytes()
+    loaded = default_registry().load(served.model)
+    size = loaded.preprocessing.input_size
+    model = InferenceModel(loaded.module, device=served.device, precision=served.precision,
+                           batch_size=served.batch_size, input_size=size, runtime=served.runtime, label=served.model)
+    if (model.runtime_name, model.precision) != (served.runtime, served.precision):
+        print(f"(in-process engine is {model.runtime_name} {model.precision}, the service {served.runtime} "
+              f"{served.precision}: see the log)", file=sys.stderr)
+    settings = Settings()
+    limits = ImageLimits(settings.max_upload_bytes, settings.max_megapixels, settings.max_aspect_ratio)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    model.predict_logits(x)  # the service's warm-up (app/service/warmup.py)
+    ScoreCAM(model, served.layer, max_channels=8)(x)
+    return model, lambda data: loaded.preprocessing.full_tensor(decode_image(data, limits))[None]
 
 
-def print_table(results: list[LevelResult]) -> None:
-    print(f"{'server':<9} {'clients':>7} {'ok/sent':>8} {'wall s':>8} {'expl/s':>8} {'p50 s':>8} {'p95 s':>8}")
-    for r in results:
-        print(
-            f"{r.server:<9} {r.clients:>7} {f'{r.ok}/{r.sent}':>8} {r.wall_s:>8.1f} {r.per_second:>8.3f} "
-            f"{r.percentile(0.5):>8.2f} {r.percentile(0.95):>8.2f}"
-        )
+def in_process(model: Any, layer: str, xs: list[Any], sequence: list[int], clients: int,
+               max_channels: int | None) -> float:
+    """Seconds per explanation of ``sequence`` with ``clients`` explanations in flight, in this thread."""
+    from app.cam import ScoreCAM, fill_batch, run_batch
+
+    cam = ScoreCAM(model, layer, max_channels=max_channels)
+    started = time.perf_counter()
+    if clients == 1:
+        for index in sequence:
+            [[_result]] = cam(xs[index])
+        return (time.perf_counter() - started) / len(sequence)
+    queue, active = iter(sequence), []
+    while True:
+        active += [cam.start(xs[i]) for i in [next(queue, None) for _ in range(clients - len(active))] if i is not None]
+        if not active:
+            break
+        run_batch(fill_batch(active, model.batch_size))  # the worker's step: fair shares, one forward
+        for job in [j for j in active if j.finished]:
+            job.results()
+            active.remove(job)
+    return (time.perf_counter() - started) / len(sequence)
+
+
+# ---- the report ---------------------------------------------------------------------------
+
+
+def load_photos(n: int) -> tuple[list[bytes], str]:
+    files = sorted(SAMPLES.glob("*.JPEG"))
+    if not files:
+        from skimage import data
+
+        files = [Path(data.__file__).parent / n for n in ("chelsea.png", "astronaut.png", "coffee.png", "rocket.jpg")]
+    step = max(1, len(files) // n)
+    chosen = files[::step][:n]
+    return [p.read_bytes() for p in chosen], f"{len(chosen)} of {files[0].parent}"
+
+
+def cpu_kind() -> tuple[str, str, float]:
+    """(model name, kind, goal speed-up over pytorch-grad-cam) from /proc/cpuinfo."""
+    from app.cam.precision import cpu_flags
+
+    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
+    flags = cpu_flags()
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        return name, "native bf16", 20.0
+    return name, "AVX2-only" if "avx2" in flags else "no AVX2", 10.0
+
+
+def print_header(served: Served, args: argparse.Namespace, photos: str) -> float:
+    import torch
+
+    from app.cam.precision import DECIDING_CPU_FLAGS, cpu_flags, cpu_has_native_bf16
+    from app.cam.runtimes import openvino_version
+
+    name, kind, goal = cpu_kind()
+    flags = " ".join(f"{f}={'yes' if f in cpu_flags() else 'no'}" for f in DECIDING_CPU_FLAGS)
+    native = "yes" if cpu_has_native_bf16() else "no"
+    print(f"\nCPU: {name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; kind: {kind} ({flags}; "
+          f"engine treats bf16 as native: {native})")
+    print(f"torch {torch.__version__}, openvino {(openvino_version() or 'not installed').split('-')[0]}, "
+          f"pytorch-grad-cam {importlib.metadata.version('grad-cam')}")
+    print(f"served: model {served.model}, layer {served.layer}, device {served.device}, precision {served.precision}, "
+          f"runtime {served.runtime}, batch size {served.batch_size}; photos: {photos}; outputs=heatmap"
+          + (f"; max_channels {args.max_channels} (a check, not the measurement)" if args.max_channels else ""))
+    return goal
+
+
+def print_tables(levels: list[Level], engine: dict[int, float], baseline: Level | None, goal: float,
+                 default_mode: bool) -> None:
+    print(f"\n{'clients':>7} {'served s/expl':>13} {'compute s':>9} {'in-process s/expl':>17} "
+          f"{'in-process/served':>17} {'goal >= 0.95':>12}")
+    for level in levels:
+        ratio = engine[level.clients] / level.per_explanation
+        compute = statistics.mean(level.compute_ms) / 1000 if level.compute_ms else float("nan")
+        print(f"{level.clients:>7} {level.per_explanation:>13.3f} {compute:>9.3f} {engine[level.clients]:>17.3f} "
+              f"{ratio:>17.3f} {'met' if ratio >= 0.95 else 'missed':>12}"
+              + (f"  ({level.failed} failed)" if level.failed else ""))
+    print("(s/expl: wall time of the level over its explanations; compute s: the service's mean compute_ms "
+          "per request, start to finish of its job, so about clients x s/expl when requests share batches)")
+    one = next((lv for lv in levels if lv.clients == 1), None)
+    if baseline is None or one is None or not baseline.latencies:
+        return
+    photos = set(baseline.photos)
+    ours, theirs = one.mean_latency(photos), statistics.mean(baseline.latencies)
+    speedup = theirs / ours
+    print(f"\n{'1 client, same photos':<32} {'s/expl':>8} {'speed-up':>9}")
+    print(f"{'pytorch-grad-cam FastAPI':<32} {theirs:>8.2f} {'1.0x':>9}")
+    print(f"{'service, ' + ('default mode' if default_mode else 'NOT the default mode'):<32} {ours:>8.2f} "
+          f"{speedup:>8.1f}x   goal >= {goal:.0f}x on this CPU kind: "
+          + (("met" if speedup >= goal else "missed") if default_mode else "not judged (not the default mode)"))
+    print(f"(mean latency of the {len(baseline.latencies)} baseline requests and of the service's 1-client requests "
+          f"on the same {len(photos)} photo(s))")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--levels", default="1,4,16", help="concurrent clients per level (comma-separated)")
-    parser.add_argument("--requests", type=int, default=16, help="service requests per level (at least the level)")
-    parser.add_argument("--seconds", type=float, default=120, help="time budget per service level")
-    parser.add_argument("--baseline-levels", default="1,4", help="levels for the baseline (it is slow)")
-    parser.add_argument("--baseline-requests", type=int, default=2, help="baseline requests per level")
-    parser.add_argument("--baseline-seconds", type=float, default=300, help="time budget per baseline level")
-    parser.add_argument("--no-baseline", action="store_true", help="measure the service only")
-    parser.add_argument("--batch-size", type=int, default=None, help="pin the service's masked batch (default: tuned)")
-    parser.add_argument("--max-channels", type=int, default=None, help="Faster Score-CAM for the service (default: all)")
-    parser.add_argument("--image", default=None, help="image file (default: scikit-image's chelsea.png, 451x300)")
-    parser.add_argument("--engine-repeats", type=int, default=1, help="in-process engine runs for the overhead figure")
-    parser.add_argument("--serve", choices=["service", "baseline"], help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--photos", type=int, default=8, help="photos, cycled through by the requests")
+    parser.add_argument("--requests", type=int, default=16, help="explanations per level (served and in-process)")
+    parser.add_argument("--levels", default="1,4", help="concurrent clients per level (comma-separated)")
+    parser.add_argument("--baseline-requests", type=int, default=2, help="pytorch-grad-cam requests (0: none)")
+    parser.add_argument("--max-channels", type=int, default=None, help="a quick check only (default: all channels)")
+    parser.add_argument("--runtime", choices=["auto", "torch", "openvino"], help="SCORECAM_RUNTIME (default: auto)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="SCORECAM_PRECISION (default: auto)")
+    parser.add_argument("--batch-size", type=int, help="SCORECAM_EXPLAIN_BATCH_SIZE (default: tuned)")
+    parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    if args.serve:
-        run_server(args.serve, args.port, args.batch_size)
+    if args.serve_baseline:
+        serve_baseline(args.serve_baseline)
         return
 
-    image = load_image(args.image)
+    from app.allocator import tune_malloc
+
+    tune_malloc()  # as `scorecam serve` does for the server
+    photos, where = load_photos(args.photos)
     levels = [int(v) for v in args.levels.split(",")]
     form = {"outputs": "heatmap"} | ({"max_channels": str(args.max_channels)} if args.max_channels else {})
-    print(f"cpu cores: {os.cpu_count()}, image: {len(image)} bytes, levels: {levels}")
-    results: list[LevelResult] = []
+    sequence = lambda n: [i % len(photos) for i in range(n)]  # noqa: E731
 
-    server = start_server("service", args.batch_size, ready_timeout=600)
+    server, served = start_service(args)
     try:
-        for clients in levels:
-            count = max(args.requests, clients)
-            results.append(asyncio.run(sweep_level("service", server.url, image, clients, count, args.seconds, form)))
-            print_table(results[-1:])
+        goal = print_header(served, args, where)
+        model, tensor = build_engine(served)  # the server idles meanwhile
+        xs = [tensor(p) for p in photos]
+        in_process(model, served.layer, xs, [0], 1, args.max_channels)  # untimed: first full-size batches
+        asyncio.run(run_level(server.url, photos, [0], 1, form))  # untimed, likewise
+        engine: dict[int, float] = {}
+        results: list[Level] = []
+        for clients in levels:  # interleaved, one side at a time: a drifting machine load hits both alike
+            engine[clients] = in_process(model, served.layer, xs, sequence(max(args.requests, clients)), clients,
+                                         args.max_channels)
+            results.append(asyncio.run(run_level(server.url, photos, sequence(max(args.requests, clients)), clients, form)))
+            print(f"{clients} client(s): in-process {engine[clients]:.3f} s/expl, served "
+                  f"{results[-1].per_explanation:.3f} s/expl", flush=True)
     finally:
         server.stop(timeout_s=120)
 
-    if not args.no_baseline:
-        server = start_server("baseline", None, ready_timeout=600)
-        try:
-            for clients in [int(v) for v in args.baseline_levels.split(",")]:
-                count = max(args.baseline_requests, clients)
-                results.append(
-                    asyncio.run(sweep_level("baseline", server.url, image, clients, count, args.baseline_seconds, {}))
-                )
-                print_table(results[-1:])
-        finally:
-            server.stop(timeout_s=120)
-
-    print("\nall levels")
-    print_table(results)
-    by_level = {(r.server, r.clients): r for r in results}
-    for clients in levels:
-        ours, theirs = by_level.get(("service", clients)), by_level.get(("baseline", clients))
-        if ours and theirs and theirs.per_second > 0:
-            print(f"ratio at {clients:>2} clients: service/baseline = {ours.per_second / theirs.per_second:.1f}x explanations/s")
-
-    one = by_level.get(("service", 1))
-    if one and one.latencies:
-        engine = engine_seconds(image, args.batch_size, args.max_channels, args.engine_repeats)
-        latency = statistics.median(one.latencies)
-        compute = statistics.median(one.compute_ms) / 1000 if one.compute_ms else float("nan")
-        print(
-            f"\nHTTP overhead at 1 client: latency p50 {latency:.2f} s, worker compute p50 {compute:.2f} s, "
-            f"engine in-process {engine:.2f} s -> overhead {latency - engine:+.2f} s "
-            f"({(latency / engine - 1) * 100:+.0f}%) vs the engine, {latency - compute:+.3f} s vs the worker's compute"
-        )
+    baseline = None
+    if args.baseline_requests > 0:
+        command = lambda port: [sys.executable, __file__, "--serve-baseline", str(port)]  # noqa: E731
+        with ServerProcess(command_for_port=command) as peer:
+            asyncio.run(run_level(peer.url, photos, [0], 1, {}))  # untimed warm request
+            baseline = asyncio.run(run_level(peer.url, photos, sequence(args.baseline_requests), 1, {}))
+    default_mode = not (args.max_channels or args.runtime or args.precision or args.batch_size)
+    print_tables(results, engine, baseline, goal, default_mode)
 
 
 if __name__ == "__main__":

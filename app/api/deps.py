@@ -13,8 +13,8 @@ from fastapi import Depends, Header, Request
 
 from app.api.errors import Unauthorized
 from app.config import Settings
-from app.service.inference import ScoreCamService
-from app.service.metrics import ServiceMetrics
+from app.service.score_cam_service import ScoreCamService
+from app.service.prometheus import ServiceMetrics
 
 
 async def get_settings(request: Request) -> Settings:

@@ -31,6 +31,8 @@ def explain_spec(options: ExplainOptions) -> ExplainSpec:
         max_channels=options.max_channels,
         metrics=options.metrics,
         metrics_step=options.metrics_step,
+        partial_maps=options.partial_maps,
+        partial_maps_every=options.partial_maps_every,
     )
 
 

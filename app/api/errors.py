@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from app import errors as domain
-from app.service.work import InternalError, next_request_id
+from app.service.work import next_request_id
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_CHARS = 1000  # messages quote the caller's input: a 100 KB model name is not echoed back
@@ -39,7 +39,7 @@ STATUS_BY_ERROR: dict[type[domain.ScoreCamError], int] = {
     domain.DeadlineExceeded: 504,
     domain.Cancelled: 499,  # client closed request (nginx's convention); nobody reads it
     domain.ServiceUnavailable: 503,
-    InternalError: 500,
+    domain.InternalError: 500,
 }
 HTTP_CODES: dict[int, str] = {
     400: "bad_request",

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import BodyTimeout, error_body
 from app.errors import ImageTooLarge
-from app.service.metrics import ServiceMetrics
+from app.service.prometheus import ServiceMetrics
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 

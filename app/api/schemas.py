@@ -64,6 +64,17 @@ class ExplainOptions(BaseModel):
         le=0.5,
         description="Share of the pixels deleted / inserted per curve step when metrics is true (0 < step <= 0.5).",
     )
+    partial_maps: bool = Field(
+        default=False,
+        description=(
+            "With Accept: text/event-stream and method scorecam: progress events also carry partial_maps, "
+            "the map so far per class at the target layer's resolution (height, width, row-major values in "
+            "[0, 1]); channels run in decreasing variance order, so early maps already resemble the final one."
+        ),
+    )
+    partial_maps_every: float = Field(
+        default=0.1, gt=0, le=1, description="Share of the forward passes between two partial maps (0 < share <= 1)."
+    )
 
     @field_validator("classes")
     @classmethod

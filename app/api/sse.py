@@ -1,7 +1,10 @@
 """Server-Sent Events for /v1/explain: progress while the worker runs, then the result.
 
 No job state is kept on the server: the stream is the request, so any replica can serve it.
-Events: ``queued`` ({"request_id"}), ``progress`` ({"done", "total"}: forward passes),
+Events: ``queued`` ({"request_id"}), ``progress`` ({"done", "total"}: forward passes; with
+``partial_maps=true`` also, each ``partial_maps_every`` of the forwards, ``partial_maps``: per class
+``{"class_index", "height", "width", "values"}``, the Score-CAM map so far at the target layer's
+resolution, row-major, in [0, 1]),
 then exactly one of ``result`` (the usual response body) or ``error`` ({"error": ..., "status"}).
 
 sse-starlette's ``EventSourceResponse`` does the framing, the keep-alive comments and the
@@ -25,7 +28,8 @@ from sse_starlette.sse import AppStatus
 from app.api.encoders import explain_json
 from app.api.errors import error_body, status_of
 from app.errors import ScoreCamError
-from app.service.inference import PendingExplanation
+from app.service.score_cam_service import PendingExplanation
+from app.service.worker_protocol import PartialMapOut
 
 log = logging.getLogger(__name__)
 KEEPALIVE_S = 15.0
@@ -44,15 +48,35 @@ def sse_event(event: str, data: Any) -> ServerSentEvent:
 
 
 class ProgressFeed:
-    """Receives (done, total) on the event loop; keeps only the latest, signals the stream."""
+    """Receives (done, total, maps so far) on the event loop; keeps only the latest, signals the stream.
+
+    A slow reader skips progress counts but not the newest partial maps: they wait for the next
+    event even when the counts they came with were overtaken.
+    """
 
     def __init__(self) -> None:
         self.latest: tuple[int, int] | None = None
+        self.partial: tuple[PartialMapOut, ...] = ()
         self.changed = asyncio.Event()
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, partial: tuple[PartialMapOut, ...] = ()) -> None:
         self.latest = (done, total)
+        if partial:
+            self.partial = partial
         self.changed.set()
+
+    def take_partial(self) -> list[dict[str, Any]]:
+        """The partial maps not yet sent, as the event's JSON (values rounded to 4 decimals)."""
+        maps, self.partial = self.partial, ()
+        return [
+            {
+                "class_index": m.class_index,
+                "height": int(m.values.shape[0]),
+                "width": int(m.values.shape[1]),
+                "values": [round(float(v), 4) for v in m.values.reshape(-1)],
+            }
+            for m in maps
+        ]
 
 
 async def explain_events(pending: PendingExplanation, feed: ProgressFeed) -> AsyncIterator[ServerSentEvent]:
@@ -68,9 +92,13 @@ async def explain_events(pending: PendingExplanation, feed: ProgressFeed) -> Asy
             finally:
                 waiter.cancel()
             feed.changed.clear()
-            if feed.latest is not None and feed.latest != sent:
+            if feed.latest is not None and (feed.latest != sent or feed.partial):
                 sent = feed.latest
-                yield sse_event("progress", {"done": sent[0], "total": sent[1]})
+                event: dict[str, Any] = {"done": sent[0], "total": sent[1]}
+                partial = feed.take_partial()
+                if partial:
+                    event["partial_maps"] = partial
+                yield sse_event("progress", event)
         try:
             body = explain_json(outcome.result())
         except ScoreCamError as exc:

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
 
 from app.api.encoders import explain_spec
@@ -25,9 +24,9 @@ from app.api.v2_schemas import InferRequest, ModelMetadata, RequestOutput, Tenso
 from app.api.v2_tensors import OutputTensor, Tensor
 from app.config import Settings
 from app.errors import InvalidOption, UnknownModel
-from app.service.images import ImageLimits, decode_image
-from app.service.inference import ScoreCamService
-from app.service.render import decode_raw
+from app.imaging.images import ImageLimits, decode_image
+from app.service.score_cam_service import ScoreCamService
+from app.imaging.render import decode_raw
 from app.version import VERSION
 
 T = TypeVar("T")
@@ -128,14 +127,14 @@ async def classify(
 ) -> list[OutputTensor]:
     name = model["name"]
     if tensor.name == "image":
-        sources: list[Image.Image | torch.Tensor] = list(await decoded_images(tensor, settings))
+        sources: list[Image.Image | np.ndarray] = list(await decoded_images(tensor, settings))
     else:
         size = model["input_size"]
         if tensor.shape[1:] != (3, size, size):
             raise InvalidOption(f"input 'input' of {name} has shape [N, 3, {size}, {size}], got {list(tensor.shape)}")
-        sources = list(torch.from_numpy(np.array(tensor.values, dtype=np.float32)))
+        sources = list(np.array(tensor.values, dtype=np.float32))
     rows = await all_or_none(service.predict_probabilities(s, name) for s in sources)
-    probabilities = torch.stack([r.float().cpu() for r in rows]).numpy()
+    probabilities = np.stack([np.asarray(r, dtype=np.float32) for r in rows])
     top = classification_count(asked, model["num_classes"])
     if top is None:
         return [OutputTensor("probabilities", "FP32", probabilities)]
@@ -161,12 +160,11 @@ async def explain(
 ) -> list[OutputTensor]:
     fields = explain_fields(request.parameters or {})
     options = validate_options(ExplainOptions, {**fields, "model": name, "outputs": ["raw"]})
-    spec = explain_spec(options)
-    service.check_explain(spec)
+    plan = service.check_explain(explain_spec(options))
     images = await decoded_images(tensor, settings)
     if len({image.size for image in images}) > 1:
         raise InvalidOption("the images of one explain request must have one size (the heatmaps form one tensor)")
-    outcomes = await all_or_none(service.explain(image, spec) for image in images)
+    outcomes = await all_or_none(service.explain(image, plan) for image in images)
     heatmaps = np.stack([np.stack([decode_raw(e.raw) for e in o.explanations if e.raw]) for o in outcomes])
     classes = np.array([[e.class_index for e in o.explanations] for o in outcomes], dtype=np.int64)
     scores = np.array([[e.score for e in o.explanations] for o in outcomes], dtype=np.float32)

@@ -16,12 +16,18 @@ from app.cam.grad_cam import GradCAM, GradCAMPlusPlus
 from app.cam.inference import InferenceModel
 from app.cam.precision import PRECISIONS, resolve_precision
 from app.cam.recipro_cam import KERNELS, ReciproCAM, ReciproJob
-from app.cam.results import CamResult, CamStats
+from app.cam.results import CamResult, CamStats, PartialMap
 from app.cam.runtimes import RUNTIMES
 from app.cam.scheduler import RowChunk, fill_batch, run_batch, run_jobs
 from app.cam.score_cam import WEIGHTINGS, ScoreCAM, ScoreCamJob
 
-METHODS: dict[str, type[BaseCAM]] = {"scorecam": ScoreCAM, "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+# Every explanation method by its API name: the one table the API, the CLI and the worker read.
+METHODS: dict[str, type[BaseCAM]] = {
+    "scorecam": ScoreCAM,
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "recipro-cam": ReciproCAM,
+}
 
 __all__ = [
     "METHODS",
@@ -38,6 +44,7 @@ __all__ = [
     "GradCAMPlusPlus",
     "InferenceModel",
     "KERNELS",
+    "PartialMap",
     "RowChunk",
     "ReciproCAM",
     "ReciproJob",

@@ -7,6 +7,10 @@
   shared by every copy.
 - Faster Score-CAM (tf-keras-vis ScoreCAM ``max_N``): with ``max_channels=k`` only the k
   non-constant channels of largest spatial variance are kept.
+- Anytime order: the masks are forwarded in that same ranking, largest spatial variance
+  Var(A_k) first, so a map combined from the first forwards (``ScoreCamJob.partial_maps``)
+  already holds the channels Faster Score-CAM would keep. The order changes no weight and so
+  not the final map: Σ_k α_k·A_k is taken over channel indices, whatever order the scores came in.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from app.errors import InvalidOption
 class ChannelPlan:
     """The masks to forward and how their scores map back to channels.
 
-    selected: indices (into the K channels) whose weights are computed.
-    unique: the distinct activation maps among ``selected`` [M, h, w], one masked forward each.
+    selected: indices (into the K channels) whose weights are computed, by decreasing variance.
+    unique: the distinct activation maps among ``selected`` [M, h, w], one masked forward each,
+        in the order they are forwarded (decreasing variance).
     inverse: for every selected channel, its row in ``unique``.
     low/span: min and max−min of each unique map after upsampling (for the [0, 1] mask).
     """
@@ -49,23 +54,20 @@ def plan_channels(
     dedupe: bool = True,
     chunk: int = 128,
 ) -> ChannelPlan:
-    """Select the channels of ``activations`` [K, h, w] to forward at input ``size``."""
+    """Select the channels of ``activations`` [K, h, w] to forward at input ``size``, and their order."""
     if max_channels is not None and max_channels < 1:
         raise InvalidOption(f"max_channels must be a positive integer, got {max_channels}")
     k = activations.shape[0]
     flat = activations.flatten(1)
     varying = flat.amax(1) > flat.amin(1)
-    selected = torch.nonzero(varying).flatten()
+    selected = rank_by_variance(flat, torch.nonzero(varying).flatten())
     skipped_by_max = 0
     if max_channels is not None and selected.numel() > max_channels:
-        variance = flat[selected].var(dim=1, unbiased=False)
-        keep = torch.topk(variance, max_channels).indices
         skipped_by_max = selected.numel() - max_channels
-        selected = selected[keep].sort().values
+        selected = selected[:max_channels]
     maps = activations[selected]
     if dedupe and selected.numel() > 0:
-        unique_flat, inverse = torch.unique(maps.flatten(1), dim=0, return_inverse=True)
-        unique = unique_flat.reshape(-1, *maps.shape[1:])
+        unique, inverse = _unique_in_order(maps)
     else:
         unique, inverse = maps, torch.arange(selected.numel(), device=maps.device)
     low, span = _upsampled_range(unique, size, chunk)
@@ -77,6 +79,34 @@ def plan_channels(
         skipped_by_max=int(skipped_by_max),
     )
     return ChannelPlan(selected, unique, inverse, low, span, stats)
+
+
+def rank_by_variance(flat: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """``channels`` sorted by decreasing spatial variance Var(A_k) of their rows of ``flat`` [K, h·w].
+
+    The one ranking of the module: Faster Score-CAM keeps its head, the masked forwards follow it.
+    Ties keep the channel order (stable sort), so the plan is deterministic.
+    """
+    if channels.numel() == 0:
+        return channels
+    variance = flat[channels].var(dim=1, unbiased=False)
+    return channels[torch.sort(variance, descending=True, stable=True).indices]
+
+
+def _unique_in_order(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct maps of ``maps`` [S, h, w] in order of first appearance, and each map's row.
+
+    ``torch.unique`` sorts its rows lexicographically; putting them back in the order of their
+    first copy keeps the variance ranking of ``maps`` for the forwards.
+    """
+    unique_flat, inverse = torch.unique(maps.flatten(1), dim=0, return_inverse=True)
+    positions = torch.arange(inverse.numel(), device=inverse.device)
+    first = torch.full((unique_flat.shape[0],), inverse.numel(), device=inverse.device, dtype=positions.dtype)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    order = torch.argsort(first)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return unique_flat[order].reshape(-1, *maps.shape[1:]), rank[inverse]
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -5,6 +5,11 @@ activations are exact) and a folded, channels_last copy for the hundreds of mask
 Score-CAM needs, run in the chosen precision, in batches that halve on out-of-memory. The masked
 forwards go through a runtime (app/cam/runtimes): torch eager on that copy, or OpenVINO on a
 conversion of it where it is installed, converts and agrees with torch.
+
+int8 is explicit only (``precision="int8"``): OpenVINO quantises its conversion on ``calibration``
+(Score-CAM masked inputs of real photos) and serves it once it agrees with torch on held-out real
+inputs; where it cannot, fp32 serves int8 requests (a warning says why). The torch runtime
+refuses int8.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from app.cam.folding import fold_batchnorm as folded_copy
 from app.cam.layers import layer_names
 from app.cam.precision import resolve_precision
 from app.cam.runtimes import Runtime, TorchRuntime, check_runtime_name, choose_runtime, default_cache_dir
+from app.cam.runtimes.calibration import Calibration
+from app.cam.runtimes.choice import INT8_ON_TORCH
 from app.errors import InvalidOption
 
 log = logging.getLogger(__name__)
@@ -34,7 +41,8 @@ class InferenceModel:
     Args:
         module: the classifier (logits out).
         device: "cpu", "cuda", "cuda:1", ...
-        precision: default precision of masked forwards: "auto", "fp32", "bf16" or "fp16".
+        precision: default precision of masked forwards: "auto", "fp32", "bf16", "fp16", or "int8"
+            (explicit only; the OpenVINO runtime only: quantised at start, or read from the cache).
         batch_size: masked inputs per forward, or "auto" (measured by ``tune_batch_size``).
         fold_batchnorm: fold conv→BN pairs in the fast copy (checked against the original).
         channels_last: NHWC memory format for the fast copy (faster convolutions on CPU and GPU).
@@ -45,6 +53,10 @@ class InferenceModel:
             defaults to "torch": converting, and writing the cache, happen only when asked.
         cache_dir: where converted models are kept between starts (default: ``default_cache_dir()``).
         label: the model's name in log lines.
+        calibration: what int8 is calibrated on (precision "int8" only; default
+            ``Calibration.default(input_size)``: scikit-image's photos, ImageNet normalisation, the
+            last spatial layer; pass ``Calibration.from_photos(preprocessing.eval_tensor, layer)``
+            for the model's own preprocessing and target layer).
     """
 
     def __init__(
@@ -59,12 +71,16 @@ class InferenceModel:
         runtime: str = "torch",
         cache_dir: Path | str | None = None,
         label: str | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         check_runtime_name(runtime)
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise InvalidOption(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
+        self.int8_requested = self.precision == "int8"
+        if self.int8_requested and runtime == "torch":
+            raise InvalidOption(INT8_ON_TORCH)
         self.module = module.eval().to(self.device)
         for p in self.module.parameters():
             p.requires_grad_(False)
@@ -76,7 +92,12 @@ class InferenceModel:
         self.torch_runtime = TorchRuntime(self.fast, self.device, channels_last)
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         name = label or type(module).__name__
-        self.runtime: Runtime = choose_runtime(runtime, self.torch_runtime, input_size, cache, name)
+        int8 = (calibration or Calibration.default(input_size)) if self.int8_requested else None
+        self.runtime: Runtime = choose_runtime(runtime, self.torch_runtime, input_size, cache, name, int8=int8)
+        if self.int8_requested and not self.runtime.accepts(self._probe(), "int8"):
+            log.warning("precision int8 for %s is not served (the log above says why): fp32 serves it on %s",
+                        name, self.runtime.name)
+            self.precision = "fp32"
         self.auto_batch = batch_size == "auto"
         self.batch_size: int = default_batch_size(self.device) if batch_size == "auto" else int(batch_size)
         self.runtime.prepare(self.batch_size)
@@ -99,13 +120,23 @@ class InferenceModel:
             log.info("batch size %d chosen for %s", self.batch_size, self.device)
         return self.batch_size
 
+    def _probe(self) -> torch.Tensor:
+        return torch.empty(0, 3, self.input_size, self.input_size, device=self.device)
+
     @property
     def runtime_name(self) -> str:
         """The runtime of the default precision's masked forwards ("torch" or "openvino")."""
-        probe = torch.empty(0, 3, self.input_size, self.input_size, device=self.device)
-        return self.runtime.name if self.runtime.accepts(probe, self.precision) else self.torch_runtime.name
+        return self.runtime.name if self.runtime.accepts(self._probe(), self.precision) else self.torch_runtime.name
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions masked forwards may ask for: torch's three, and int8 when built with it
+        (served in int8 where it agreed with torch, else in fp32)."""
+        return ("fp32", "bf16", "fp16") + (("int8",) if self.int8_requested else ())
 
     def _forward(self, batch: torch.Tensor, precision: str) -> torch.Tensor:
+        if precision == "int8" and not self.runtime.accepts(batch, "int8"):
+            precision = "fp32"  # int8 fell back at start, or another input size: fp32 serves it
         runtime = self.runtime if self.runtime.accepts(batch, precision) else self.torch_runtime
         return runtime.forward(batch, precision)
 
@@ -116,12 +147,22 @@ class InferenceModel:
         calls. Per-sample results do not depend on how the batch was cut.
         """
         precision = resolve_precision(precision or self.precision, self.device)
+        if precision == "int8" and not self.int8_requested:
+            raise InvalidOption(f"precision 'int8' was not prepared for this model: build it with precision='int8' "
+                                f"(runtime 'openvino' or 'auto'); valid here: {', '.join(self.precisions)}")
+        resolved = precision
+        return self.forward_in_slices(lambda part: self._forward(part, resolved), batch)
+
+    def forward_in_slices(self, run: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        """``run`` over ``batch`` in slices of at most ``batch_size``; on out-of-memory the slice
+        is halved and retried (down to one input, which re-raises), and the smaller size is kept
+        for every later call of this model (``oom_splits`` counts it, ``on_oom`` reports it)."""
         outputs: list[torch.Tensor] = []
         start, n = 0, batch.shape[0]
         while start < n:
             size = min(self.batch_size, n - start)
             try:
-                outputs.append(self._forward(batch[start : start + size], precision))
+                outputs.append(run(batch[start : start + size]))
                 start += size
             except torch.OutOfMemoryError:
                 if size == 1:
@@ -129,7 +170,7 @@ class InferenceModel:
                 self._halve(size)
         if not outputs:
             return torch.empty(0, 0, device=self.device)
-        return torch.cat(outputs)
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
     def _halve(self, failed_size: int) -> None:
         with self._lock:

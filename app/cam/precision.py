@@ -8,6 +8,9 @@ AMX) and fp32 elsewhere: on a CPU without native bf16 the emulated kernels are s
 (``auto`` resolves to bf16, bf16 counts as native), so an AVX2-only machine can run what a bf16
 machine runs, about 20× slower; ``=0`` makes a bf16 CPU behave as an AVX2-only one. Tests and CI
 use it to cover the kind of CPU they do not run on.
+
+``int8`` is explicit only: ``auto`` never resolves to it, and only the OpenVINO runtime computes it
+(NNCF post-training quantisation, app/cam/runtimes); the torch runtime refuses it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import torch
 
 from app.errors import InvalidOption
 
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
+TORCH_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")  # what torch autocast computes
+EXPLICIT_ONLY: tuple[str, ...] = ("int8",)  # never picked by auto
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ASSUME_NATIVE_BF16_ENV = "SCORECAM_ASSUME_NATIVE_BF16"
 DECIDING_CPU_FLAGS: tuple[str, ...] = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -72,7 +77,7 @@ def native_precisions(device: torch.device | str) -> tuple[str, ...]:
 
 
 def resolve_precision(name: str, device: torch.device | str) -> str:
-    """Turn a requested precision (possibly ``auto``) into ``fp32``, ``bf16`` or ``fp16``."""
+    """Turn a requested precision (possibly ``auto``) into ``fp32``, ``bf16``, ``fp16`` or ``int8``."""
     if name not in PRECISIONS:
         raise InvalidOption(f"unknown precision {name!r}; valid values: {', '.join(PRECISIONS)}")
     if name != "auto":
@@ -88,6 +93,9 @@ def resolve_precision(name: str, device: torch.device | str) -> str:
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """Run the enclosed forward in ``precision``; fp32 runs without autocast (exact)."""
+    if precision not in DTYPES:
+        raise InvalidOption(f"torch does not compute precision {precision!r}; valid values: "
+                            f"{', '.join(TORCH_PRECISIONS)} (int8 runs on the OpenVINO runtime only)")
     if precision == "fp32":
         yield
         return

@@ -14,13 +14,14 @@ A [K, h, w] and class c:
 
 Example::
 
-    head = loaded.heads["bn2"]                       # from app.models (None: unsupported)
+    head = loaded.head("bn2")                        # from app.models (UnsupportedLayer: none)
     cam = ReciproCAM(InferenceModel(model), "bn2", head)
     [[result]] = cam(x)                              # 49 head evaluations at a 7x7 layer
 
 Each image becomes a `ReciproJob`: its masked feature maps are built a chunk at a time on the
 device and share head batches with other Recipro-CAM jobs of the same model, layer and
-precision (`scheduler`); the network before the layer runs once, in the capture.
+precision (`scheduler`); the network before the layer runs once, in the capture. A head batch
+that runs out of memory is halved and retried, like Score-CAM's masked forwards (`head_forward`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,17 @@ def location_masks(h: int, w: int, start: int, stop: int, kernel: str, device: t
     return masks[:, 0]
 
 
+def head_forward(model: InferenceModel, head: Head, batch: torch.Tensor) -> torch.Tensor:
+    """``head`` over ``batch`` in slices of at most ``model.batch_size``, halving on out-of-memory.
+
+    The same policy as ``InferenceModel.forward_masked`` (through ``forward_in_slices``, so the
+    smaller size is kept for every later batch of the model, ``oom_splits`` counts it and
+    ``on_oom`` reports it): a head batch that does not fit is retried in halves down to one
+    feature map, which is re-raised. Per-location scores do not depend on how the batch was cut.
+    """
+    return model.forward_in_slices(head, batch)
+
+
 class ReciproJob(BatchJob):
     """One image's h·w head evaluations, consumable a chunk at a time by any scheduler."""
 
@@ -80,7 +92,11 @@ class ReciproJob(BatchJob):
         return CamStats(channels=int(self.capture.activations.shape[0]), forwarded=self.total)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The head's fp32 logits, in the job's precision (fp32 runs without autocast)."""
+        """The head's fp32 logits, in the job's precision (fp32 runs without autocast), in slices
+        that halve on out-of-memory like the masked forwards (`head_forward`)."""
+        return head_forward(self.model, self._head_logits, inputs)
+
+    def _head_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(inputs.device, self.precision):
             return self.cam.head(inputs).float()
 
@@ -123,7 +139,8 @@ class ReciproCAM(BaseCAM):
             ``app.models.heads``.
         kernel: "gaussian" (the paper's 3x3 neighbourhood, default) or "one-hot".
         precision: head precision; None uses the model's default.
-        batch_size: masked feature maps per head call; None: the model's batch size.
+        batch_size: masked feature maps per head batch; None: the model's batch size. A batch is
+            run in slices of at most the model's batch size, halved on out-of-memory.
     """
 
     def __init__(

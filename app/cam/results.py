@@ -38,6 +38,28 @@ class CamResult:
     stats: CamStats
 
 
+@dataclass(frozen=True)
+class PartialMap:
+    """One class's map so far, at the target layer's resolution (see ``ScoreCamJob.partial_maps``).
+
+    ``map`` is float32 on the CPU [h, w] in [0, 1] (zeros while nothing positive has arrived).
+    """
+
+    class_index: int
+    map: torch.Tensor
+
+    def upsample(self, size: tuple[int, int]) -> torch.Tensor:
+        """normalise(Up(map)) [H, W]: the partial map at the input's size, as the final map is made.
+
+        Min-max normalisation is affine and bilinear upsampling preserves affine maps, so this
+        equals normalise(ReLU(Up(Σ_k α_k·A_k))) whenever Up and ReLU commute, i.e. wherever the
+        weighted sum has no negative values next to positive ones (always, at a layer after a
+        ReLU, since every α_k > 0).
+        """
+        up = F.interpolate(self.map[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+        return normalize_map(up)
+
+
 def normalize_map(cam: torch.Tensor) -> torch.Tensor:
     """Min-max normalise each map of ``cam`` [..., H, W] to [0, 1]; constant maps become zeros."""
     flat = cam.flatten(-2)
@@ -55,6 +77,11 @@ def combine_maps(activations: torch.Tensor, weights: torch.Tensor, size: tuple[i
     at the layer's resolution and upsampled once. ``activations`` [K, h, w], ``weights`` [C, K];
     returns [C, H, W] float32.
     """
-    low = torch.einsum("ck,khw->chw", weights.float(), activations.float())
+    low = weighted_sum(activations, weights)
     up = F.interpolate(low[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     return normalize_map(torch.relu(up))
+
+
+def weighted_sum(activations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_k w_ck · A_k [C, h, w] at the layer's resolution, float32."""
+    return torch.einsum("ck,khw->chw", weights.float(), activations.float())

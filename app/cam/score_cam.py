@@ -17,6 +17,11 @@ Example::
 Each image becomes a `ScoreCamJob`: its masked inputs are built on the device a chunk at a
 time (never all K at once), chunks of several jobs share forward batches (`scheduler`), and
 the scores stay on the device until the map is combined.
+
+Anytime Score-CAM: the masks go in order of decreasing spatial variance Var(A_k) (the ranking
+Faster Score-CAM keeps its channels by, `channels.rank_by_variance`), so the map combined from
+the first forwards (`ScoreCamJob.partial_maps`, no extra forward) is already close to the
+final one; the order changes no weight, so the final map is the same.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from app.cam.capture import Capture
 from app.cam.channels import ChannelPlan, build_masked_inputs, plan_channels
 from app.cam.inference import InferenceModel
 from app.cam.precision import resolve_precision
-from app.cam.results import CamResult, CamStats
+from app.cam.results import CamResult, CamStats, PartialMap, normalize_map, weighted_sum
 from app.cam.scheduler import BatchJob, RowChunk, run_jobs
 from app.errors import InvalidOption
 
@@ -47,6 +52,7 @@ class ScoreCamJob(BatchJob):
         self.plan = plan
         self._class_index = torch.tensor(classes, device=cap.logits.device)
         self.scores = torch.zeros(plan.total, len(classes), device=cap.logits.device)
+        self.recorded = torch.zeros(plan.total, dtype=torch.bool, device=cap.logits.device)
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -65,17 +71,41 @@ class ScoreCamJob(BatchJob):
         else:
             values = logits.float().index_select(1, self._class_index)
         self.scores[chunk.start : chunk.stop] = values
+        self.recorded[chunk.start : chunk.stop] = True
         self.done += len(chunk)
 
     def weights(self) -> torch.Tensor:
-        """α [C, K]: zero for skipped channels, shared by duplicates."""
+        """α [C, K]: zero for skipped channels and for masks not yet recorded, shared by duplicates.
+
+        With channel-softmax the softmax runs over the recorded channels only (all of them once
+        the job is finished).
+        """
         k = self.plan.stats.channels
         per_selected = self.scores[self.plan.inverse]  # [S, C]
+        known = self.recorded[self.plan.inverse][:, None]  # [S, 1]
         if self.cam.weighting == "channel-softmax" and per_selected.shape[0] > 0:
-            per_selected = torch.softmax(per_selected, dim=0)
+            per_selected = torch.softmax(per_selected.masked_fill(~known, float("-inf")), dim=0)
+        per_selected = torch.where(known, per_selected, torch.zeros_like(per_selected))
         full = torch.zeros(len(self.classes), k, device=per_selected.device)
         full[:, self.plan.selected] = per_selected.T
         return full
+
+    def partial_maps(self) -> list[PartialMap]:
+        """The map so far of every explained class, at the target layer's resolution [h, w].
+
+        With F the channels whose mask has been forwarded (a duplicate once its copy has):
+
+            P_c = normalise(ReLU(Σ_{k ∈ F} α_k · A_k))     min-max to [0, 1], zeros when empty
+
+        α_k weighted as in the final map (channel-softmax: the softmax over F, a positive factor
+        away from the final weights, which normalisation removes). No forward pass: one weighted
+        sum of the captured activations. Since the masks go by decreasing variance, P_c after the
+        first forwards is close to the final map; once the job is finished,
+        ``PartialMap.upsample(input size)`` is the final map (exactly at a layer after a ReLU).
+        """
+        low = weighted_sum(self.capture.activations, self.weights().to(self.capture.activations.device))
+        maps = normalize_map(torch.relu(low)).float().cpu()
+        return [PartialMap(class_index=c, map=maps[i]) for i, c in enumerate(self.classes)]
 
     @property
     def stats(self) -> CamStats:

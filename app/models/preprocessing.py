@@ -91,7 +91,11 @@ class Preprocessing:
         return InterpolationMode(self.interpolation)
 
     def eval_tensor(self, img: Image.Image) -> torch.Tensor:
-        """The evaluation view: shorter side to ``resize_size``, centre crop; float32 [3, S, S].
+        """The evaluation view: shorter side to ``resize_size``, centre crop; float32 [3, S, S]."""
+        return self._to_normalized(self.eval_image(img))
+
+    def eval_image(self, img: Image.Image) -> Image.Image:
+        """The evaluation view's pixels (RGB, S x S), before normalisation: Pillow only, no torch.
 
         A very elongated image (once resized, more than ``RESIZE_BUDGET * resize_size ** 2``
         pixels) has only the crop's source region resized: Pillow's ``box`` takes the same
@@ -102,13 +106,12 @@ class Preprocessing:
         resized = self.resized_size(img.width, img.height)
         if resized[0] * resized[1] <= RESIZE_BUDGET * self.resize_size**2:
             img = F.resize(img, [self.resize_size], interpolation=self._mode, antialias=True)
-            img = F.center_crop(img, [self.input_size, self.input_size])
-            return self._to_normalized(img)
+            return F.center_crop(img, [self.input_size, self.input_size])
         size = self.input_size
         left, top = round((resized[0] - size) / 2.0), round((resized[1] - size) / 2.0)
         sx, sy = img.width / resized[0], img.height / resized[1]
         box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-        return self._to_normalized(img.resize((size, size), PIL_FILTERS[self.interpolation], box=box))
+        return img.resize((size, size), PIL_FILTERS[self.interpolation], box=box)
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the shorter side is resized to ``resize_size`` (torchvision's rule)."""
@@ -121,11 +124,15 @@ class Preprocessing:
 
         An image that is already S x S is not resampled.
         """
+        return self._to_normalized(self.full_image(img))
+
+    def full_image(self, img: Image.Image) -> Image.Image:
+        """The whole-image view's pixels (RGB, S x S), before normalisation: Pillow only, no torch."""
         img = _rgb(img)
         size = self.input_size
         if img.size != (size, size):
             img = F.resize(img, [size, size], interpolation=self._mode, antialias=True)
-        return self._to_normalized(img)
+        return img
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` for a [3, H, W] or [N, 3, H, W] tensor with values in [0, 1]."""
@@ -139,11 +146,18 @@ class Preprocessing:
     def _stat(values: tuple[float, float, float], like: torch.Tensor) -> torch.Tensor:
         return torch.tensor(values, dtype=like.dtype, device=like.device).view(3, 1, 1)
 
-    def _to_normalized(self, img: Image.Image) -> torch.Tensor:
-        # (p / 255 - mean) / std as one multiply and one subtract on the uint8 pixels p.
-        x = F.pil_to_tensor(img).to(torch.float32)
+    def normalized_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [H, W, 3] (an ``eval_image`` / ``full_image`` as an array) -> float32 [3, H, W].
+
+        (p / 255 - mean) / std as one multiply and one subtract on the uint8 pixels p: the same
+        numbers as ``eval_tensor`` / ``full_tensor`` give for the image.
+        """
+        x = pixels.permute(2, 0, 1).to(torch.float32)
         std = torch.tensor(self.std).view(3, 1, 1)
         return x.mul_(1 / (255 * std)).sub_(torch.tensor(self.mean).view(3, 1, 1) / std)
+
+    def _to_normalized(self, img: Image.Image) -> torch.Tensor:
+        return self.normalized_pixels(F.pil_to_tensor(img).permute(1, 2, 0))
 
 
 def _rgb(img: Image.Image) -> Image.Image:

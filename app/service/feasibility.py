@@ -130,13 +130,14 @@ def smallest_metrics_step(height: int, width: int, per_class: int) -> float | No
         step = shown * 1.001
 
 
-def check_precision(requested: str | None, default: str, device: torch.device) -> str:
+def check_precision(requested: str | None, default: str, device: torch.device | str) -> str:
     """The masked-forward precision a request runs at; refuses one the device only emulates.
 
     Emulated kernels run many times slower (fp16 on a CPU: about 35x bf16), so one such request
     would hold the worker for its whole deadline: refused (422) rather than priced. The model's
     configured default (SCORECAM_PRECISION) is the operator's choice and is not refused.
     """
+    device = torch.device(device)
     if requested is None or requested == "auto":
         return resolve_precision(requested or default, device)
     if requested not in PRECISIONS:

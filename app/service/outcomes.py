@@ -6,12 +6,10 @@ from dataclasses import dataclass, field
 
 from app.cam import Faithfulness
 from app.cam.faithfulness import DEFAULT_STEP
-from app.service.render import RawMap
+from app.imaging.render import RawMap
 
 OUTPUTS = ("heatmap", "overlay", "raw")
 DEFAULT_OUTPUTS = frozenset({"heatmap", "overlay"})
-METHODS = ("scorecam", "gradcam", "gradcam++", "recipro-cam")
-BATCHED_METHODS = ("scorecam", "recipro-cam")  # run in the masked lane, a batch at a time
 
 
 @dataclass(frozen=True)
@@ -29,6 +27,8 @@ class ExplainSpec:
     max_channels: int | None = None
     metrics: bool = False  # faithfulness metrics per explanation (2n + 1 extra forwards per class)
     metrics_step: float = DEFAULT_STEP
+    partial_maps: bool = False  # Score-CAM's map so far in the event stream's progress events
+    partial_maps_every: float = 0.1  # ... each time this fraction of the forwards is done
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
-"""Keeps one worker thread alive: starts it, notices when it dies, fails its queue, restarts it.
+"""Keeps one worker alive: starts it, notices when it dies, fails its queue, restarts it.
 
-A dead worker must not leave requests hanging: everything queued or running gets a 503 at once
-and the service reports not ready until the new thread is serving again. A failure while loading
-or warming up is not retried (a missing weight file will not appear by itself): the service stays
-not ready and /readyz says why.
+A worker is a process (killed, out of memory, crashed in native code) driven by a dispatcher
+thread here. A dead worker must not leave requests hanging: everything queued or running gets a
+503 at once and the service reports not ready ("restarting") until a new process has loaded and
+warmed its models. A failure of the first start-up is not retried (a missing weight file will not
+appear by itself): the service stays not ready and /readyz says why.
 """
 
 from __future__ import annotations
@@ -14,18 +15,19 @@ import time
 from collections.abc import Callable
 
 from app.errors import ServiceUnavailable
-from app.service.metrics import ServiceMetrics
-from app.service.scheduler import Scheduler
+from app.service.prometheus import ServiceMetrics
+from app.service.request_queue import Scheduler
 from app.service.worker import Worker
 
 log = logging.getLogger(__name__)
 FIRST_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
 STABLE_AFTER_S = 30.0
+STOP_JOIN_S = 5.0
 
 
 class Supervisor:
-    """Runs ``make_worker()`` threads one after another on the event loop's behalf."""
+    """Runs ``make_worker()`` workers one after another on the event loop's behalf."""
 
     def __init__(
         self,
@@ -90,7 +92,7 @@ class Supervisor:
             if self._stopping:
                 return
             error = outcome[0] if outcome else None
-            if not self.worker.prepared:
+            if not self.worker.prepared and generation == 0:
                 self.startup_error = error
                 self.scheduler.close(f"the models failed to load: {error}")
                 log.error("start-up failed, not retrying: %s", error)
@@ -142,7 +144,11 @@ class Supervisor:
         self.scheduler.stop()
         worker = self.worker
         if worker is not None and worker.alive:
-            await asyncio.to_thread(worker.thread.join, max(1.0, grace_s))
+            await asyncio.to_thread(worker.thread.join, STOP_JOIN_S)
+            if worker.alive:  # inside a batch past the grace period: the process is not waited for
+                log.warning("the worker is still inside a batch; killing its process")
+                worker.kill()
+                await asyncio.to_thread(worker.thread.join, STOP_JOIN_S)
         if self._task is not None:
             self._task.cancel()
             try:

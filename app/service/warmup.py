@@ -1,8 +1,11 @@
-"""Start-up work done in the worker thread before the service reports ready.
+"""Start-up work done in the worker process before the service reports ready.
 
 Loading, the batch-size measurement and one small explanation per model pay for lazy
-initialisation (kernels, allocator, folded copies) before the first user request, and tell the
-queue how many channels a full explanation of the default layer costs.
+initialisation (kernels, allocator, folded copies, OpenVINO's compilation) before the first user
+request, and tell the queue how many channels a full explanation of the default layer costs.
+The batch size is measured here, in the thread that will run every batch, so it is chosen in
+the conditions it is used in; a noisy machine can still flip a choice, so the measurement is
+repeated until two rounds agree.
 """
 
 from __future__ import annotations
@@ -13,32 +16,61 @@ import time
 import torch
 
 from app.cam import fill_batch, run_batch
-from app.service.registry_state import ModelStore, ServedModel
+from app.service.hosted_models import ModelStore, ServedModel
 
 log = logging.getLogger(__name__)
+TUNE_ROUNDS = 4
 
 
-def warm_up(store: ModelStore, max_channels: int, tune_batch_size: bool, explain_batch_size: int | None) -> None:
-    """Load every configured model and run a forward pass and a small Score-CAM on each."""
+def warm_up(
+    store: ModelStore,
+    max_channels: int,
+    tune_batch_size: bool,
+    explain_batch_size: int | None,
+    batch_sizes: dict[str, int] | None = None,
+) -> dict[str, float]:
+    """Load every configured model and run a forward pass and a small Score-CAM on each.
+
+    ``batch_sizes`` (a restarted worker's: what the first one measured) skip the measurement.
+    Returns each model's warm-up seconds.
+    """
     store.load_all()
+    seconds: dict[str, float] = {}
     for model in store.all():
         started = time.monotonic()
-        warm_model(model, max_channels, tune_batch_size, explain_batch_size)
+        known = (batch_sizes or {}).get(model.name)
+        if known is not None and explain_batch_size is None:
+            model.inference.batch_size = known
+            model.inference.runtime.prepare(known)
+        elif tune_batch_size and explain_batch_size is None:
+            tune_until_stable(model)
+        warm_model(model, max_channels, explain_batch_size)
+        seconds[model.name] = time.monotonic() - started
         log.info(
-            "model %s warm on %s in %.1f s (runtime %s, precision %s, batch size %d)",
+            "model %s ready on %s: runtime %s, precision %s, batch size %d, warm-up %.1f s",
             model.name,
             model.inference.device,
-            time.monotonic() - started,
             model.inference.runtime_name,
             model.inference.precision,
-            model.inference.batch_size,
+            explain_batch_size or model.inference.batch_size,
+            seconds[model.name],
         )
+    return seconds
 
 
-def warm_model(model: ServedModel, max_channels: int, tune_batch_size: bool, explain_batch_size: int | None) -> None:
+def tune_until_stable(model: ServedModel) -> int:
+    """Measure the fastest batch size until two rounds in a row agree (at most TUNE_ROUNDS)."""
+    choices: list[int] = []
+    for _ in range(TUNE_ROUNDS):
+        choices.append(model.inference.tune_batch_size(model.input_size))
+        if len(choices) >= 2 and choices[-1] == choices[-2]:
+            break
+    log.info("model %s: batch sizes measured %s, keeping %d", model.name, choices, choices[-1])
+    return choices[-1]
+
+
+def warm_model(model: ServedModel, max_channels: int, explain_batch_size: int | None) -> None:
     side = model.input_size
-    if tune_batch_size and explain_batch_size is None:
-        model.inference.tune_batch_size(side)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, side, side, generator=generator)
     model.inference.predict_logits(x)

@@ -1,8 +1,10 @@
-"""Work items: what a request hands to the worker thread, and how results travel back.
+"""Work items: what a request hands to the worker, and how results travel back.
 
-An item is created on the event loop, queued, executed in the worker thread and settled back on
-the loop with ``loop.call_soon_threadsafe`` so the asyncio future is only touched by its own loop.
-Cancellation goes the other way through a flag the worker checks between batches.
+An item is created on the event loop, queued, driven by the dispatcher thread (which talks to
+the worker process) and settled back on the loop with ``loop.call_soon_threadsafe`` so the
+asyncio future is only touched by its own loop. Cancellation goes the other way through a flag
+the dispatcher checks between batches. The item carries its input as a numpy array and, for an
+explanation, the ``JobSpec`` planned once by the service: the worker process runs that spec.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
+import numpy as np
 
-from app.errors import ScoreCamError
+from app.service.worker_protocol import JobSpec, JobState, MapOut, PartialMapOut
 
-ProgressCallback = Callable[[int, int], None]
+ProgressCallback = Callable[[int, int, tuple[PartialMapOut, ...]], None]
 ItemKind = Literal["predict", "scorecam", "grad"]
 
 _ids = itertools.count(1)
+_job_ids = itertools.count(1)
 
 
 def next_request_id() -> str:
@@ -50,34 +53,31 @@ class WorkItem:
 
     kind: ItemKind
     model: str
-    x: torch.Tensor
+    x: np.ndarray  # uint8 [S, S, 3] pixels resized for the model, or a float32 [3, S, S] input
     deadline: float
     cost: int
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     request_id: str = field(default_factory=next_request_id)
+    job_id: int = field(default_factory=lambda: next(_job_ids))  # the worker process's name for it
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     cancelled: bool = False
     remaining: int = 0
-    # predict
-    top_k: int = 5
-    # explanations
-    method: str = "scorecam"
-    classes: list[int] | None = None
-    layer: str | None = None
-    precision: str | None = None  # resolved by the service's plan (fp32, bf16 or fp16)
-    weighting: str = "probability"
-    max_channels: int | None = None
-    progress: ProgressCallback | None = None
-    job: Any = None
-    group: Any = None
-    # faithfulness metrics (metrics=true): the step, the planned extra forwards, and the CAM
-    # output held while the metric forwards run
-    metrics_step: float | None = None
+    top_k: int = 5  # predict
+    spec: JobSpec | None = None  # explanations: planned once by the service
     metric_forwards: int = 0
-    forwards_before: int = 0
-    explained: ExplainOutput | None = None
+    progress: ProgressCallback | None = None
+    state: JobState | None = None  # where its job stands in the worker process, once started
+
+    @property
+    def group(self) -> Any:
+        """Started jobs of one group may share a forward batch (same network part, same precision)."""
+        return self.state.group if self.state is not None else None
+
+    @property
+    def precision(self) -> str | None:
+        return self.spec.precision if self.spec is not None else None
 
     def __post_init__(self) -> None:
         self.remaining = self.cost
@@ -89,7 +89,7 @@ class WorkItem:
         A Grad-CAM request whose metric forwards run has a batch job, which shares the
         model's masked batches, so it is then served by the Score-CAM lane.
         """
-        if self.kind == "grad" and self.job is not None:
+        if self.kind == "grad" and self.state is not None:
             return ("scorecam", self.model)
         return (self.kind, self.model)
 
@@ -122,12 +122,12 @@ class WorkItem:
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
-    def report_progress(self, done: int, total: int) -> None:
-        """Forward the worker's progress to the request (its callback runs on the loop)."""
+    def report_progress(self, done: int, total: int, partial: tuple[PartialMapOut, ...] = ()) -> None:
+        """Forward the worker's progress (and maps so far) to the request (its callback runs on the loop)."""
         if self.progress is None:
             return
         try:
-            self.loop.call_soon_threadsafe(self.progress, done, total)
+            self.loop.call_soon_threadsafe(self.progress, done, total, partial)
         except RuntimeError:
             pass
 
@@ -141,21 +141,11 @@ def _settle_future(future: asyncio.Future[Any], result: Any, error: BaseExceptio
         future.set_result(result)
 
 
-class InternalError(ScoreCamError):
-    """An unexpected failure while computing one request (a bug or a device error)."""
-
-    code = "internal_error"
-
-    def __init__(self, message: str, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-
-
 @dataclass(frozen=True)
 class PredictOutput:
-    """Softmax probabilities of one image, on the CPU."""
+    """Softmax probabilities of one image."""
 
-    probabilities: torch.Tensor
+    probabilities: np.ndarray  # float32 [classes]
     queue_ms: float
     compute_ms: float
 
@@ -164,8 +154,8 @@ class PredictOutput:
 class ExplainOutput:
     """The engine's results for one image, with the probabilities behind the predictions."""
 
-    probabilities: torch.Tensor
-    results: list[Any]
+    probabilities: np.ndarray  # float32 [classes]
+    results: tuple[MapOut, ...]
     queue_ms: float
     compute_ms: float
     metrics: list[Any] | None = None  # one Faithfulness per result, when metrics were asked for

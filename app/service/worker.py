@@ -1,13 +1,16 @@
-"""The device worker: one thread that owns the models and runs every forward pass.
+"""The worker: a worker process that owns the device, driven by one dispatcher thread here.
 
-Each step serves one lane in turn (round robin): a prediction batch for a model, one masked
-batch shared by the Score-CAM jobs of a model (or one head batch shared by its Recipro-CAM jobs
-of one layer and precision: the job's group), or one Grad-CAM request. Score-CAM jobs advance
-a batch at a time, so a short explanation finishes while a long one is still running, and the
-deadline and cancellation of each request are checked between batches. With ``metrics=true``
-an explanation's faithfulness forwards then join the same masked batches, as a second job.
-A request whose client left or whose deadline passed gets no further batch: the scheduler leaves
-it out of the next group and the next step drops it.
+The dispatcher thread runs no model code: it takes work from the scheduler and calls the worker
+process (``worker_link``) for it. Each step serves one lane in turn (round robin): a prediction
+batch for a model, one forward batch shared by the started jobs of one group of a model
+(Score-CAM masks, Recipro-CAM head inputs, faithfulness forwards), or the start of one Grad-CAM
+request. Jobs advance a batch at a time, so a short explanation finishes while a long one is
+still running, and the deadline and cancellation of each request are checked between batches.
+A request whose client left or whose deadline passed gets no further batch and its job is
+dropped in the worker process.
+
+If the worker process dies, the pending call raises ``WorkerGone``, this thread ends with it,
+and the supervisor fails the queue with 503 and starts a new worker.
 """
 
 from __future__ import annotations
@@ -15,23 +18,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import torch
-
-from app.cam import ReciproCAM, ReciproJob, ScoreCAM, ScoreCamJob, fill_batch, run_batch
-from app.errors import ScoreCamError
-from app.service.metric_jobs import RequestMetricsJob
-from app.service.metrics import ServiceMetrics
-from app.service.registry_state import ModelStore, ServedModel
-from app.service.scheduler import Scheduler
-from app.service.work import ExplainOutput, InternalError, PredictOutput, WorkItem
+from app.errors import InternalError, ScoreCamError
+from app.service.model_catalog import ModelCatalog
+from app.service.prometheus import ServiceMetrics
+from app.service.request_queue import Scheduler
+from app.service.work import ExplainOutput, PredictOutput, WorkItem
+from app.service.worker_link import WorkerLink
+from app.service.worker_protocol import BatchReport, JobState, WorkerError, WorkerGone
 
 log = logging.getLogger(__name__)
 IDLE_WAKE_S = 1.0
-START_PER_STEP = 8  # new Score-CAM jobs started per step (one base forward each)
+START_PER_STEP = 8  # new jobs started per step (one base forward each)
 
 
 def ms_since(start: float, end: float | None = None) -> float:
@@ -39,33 +38,35 @@ def ms_since(start: float, end: float | None = None) -> float:
 
 
 class Worker:
-    """Runs the scheduler's work on the device until stopped or until it fails."""
+    """Starts a worker process, warms it, then serves the scheduler's work until stopped or dead."""
 
     def __init__(
         self,
-        store: ModelStore,
+        start_link: Callable[[], WorkerLink],
+        catalog: ModelCatalog,
         scheduler: Scheduler,
         metrics: ServiceMetrics,
         max_batch_size: int,
         max_batch_wait_s: float,
         explain_batch_size: int | None,
         on_exit: Callable[[BaseException | None], None],
-        prepare: Callable[[], None] | None = None,
         on_ready: Callable[[], None] | None = None,
         generation: int = 0,
     ) -> None:
-        self.store = store
+        self.start_link = start_link
+        self.catalog = catalog
         self.scheduler = scheduler
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_wait_s = max_batch_wait_s
         self.explain_batch_size = explain_batch_size
         self.on_exit = on_exit
-        self.prepare = prepare
         self.on_ready = on_ready
+        self.generation = generation
         self.prepared = False
-        self.thread = threading.Thread(target=self._run, name=f"scorecam-worker-{generation}", daemon=True)
-        self.fault: Callable[[], None] | None = None  # a hook tests use to kill the thread
+        self.link: WorkerLink | None = None
+        self._link_started = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"scorecam-dispatch-{generation}", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -74,11 +75,32 @@ class Worker:
     def alive(self) -> bool:
         return self.thread.is_alive()
 
+    @property
+    def pid(self) -> int | None:
+        """The worker process's pid (None before it started)."""
+        return self.link.pid if self.link is not None else None
+
+    def wait_started(self, timeout: float) -> bool:
+        """Block until the worker process exists (tests kill it)."""
+        return self._link_started.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the worker process (the shutdown grace is over, or a test)."""
+        if self.link is not None:
+            self.link.kill()
+
     def _run(self) -> None:
         error: BaseException | None = None
         try:
-            if self.prepare is not None:
-                self.prepare()
+            self.link = self.start_link()
+            self._link_started.set()
+            infos = self.link.call("warm_up")
+            self.catalog.update(infos)  # type: ignore[arg-type]
+            for info in infos:  # type: ignore[attr-defined]
+                log.info(
+                    "model %s ready in worker process %s on %s: runtime %s, precision %s, batch size %d, warm-up %.1f s",
+                    info.name, self.pid, info.device, info.runtime, info.precision, info.batch_size, info.warmup_s,
+                )
             self.prepared = True
             if self.on_ready is not None:
                 self.on_ready()
@@ -86,33 +108,47 @@ class Worker:
                 self.step()
         except BaseException as exc:
             error = exc
-            log.exception("worker thread died")
+            if isinstance(exc, WorkerGone):
+                log.error("%s", exc)
+            else:
+                log.exception("the worker failed")
         finally:
+            self._link_started.set()
+            if self.link is not None:
+                self.link.close()
             self.on_exit(error)
+
+    def _call(self, method: str, *args: object) -> object:
+        assert self.link is not None
+        return self.link.call(method, *args)
 
     def step(self) -> None:
         """Drop expired and cancelled work, then serve the next lane."""
-        if self.fault is not None:
-            self.fault()
-        for item, error in self.scheduler.purge(time.monotonic()):
-            item.settle(error=error)
+        self._purge(time.monotonic())
         self.metrics.set_queue(self.scheduler.depth(), self.scheduler.pending_forwards())
         lane = self.scheduler.next_lane(IDLE_WAKE_S)
         self.metrics.set_queue(self.scheduler.depth(), self.scheduler.pending_forwards())
         if lane is None:
             return
-        kind, model_name = lane
-        model = self.store.get(model_name)
+        kind, model = lane
         if kind == "predict":
             self._predict(model, lane)
         elif kind == "scorecam":
-            self._scorecam(model, lane)
+            self._batch(model, lane)
         else:
-            self._grad(model, lane)
+            self._start_grad(lane)
+
+    def _purge(self, now: float) -> None:
+        dropped = self.scheduler.purge(now)
+        started = [item.job_id for item, _ in dropped if item.state is not None]
+        if started:
+            self._call("drop", started)
+        for item, error in dropped:
+            item.settle(error=error)
 
     # ---- predictions ---------------------------------------------------------------------
 
-    def _predict(self, model: ServedModel, lane: tuple[str, str]) -> None:
+    def _predict(self, model: str, lane: tuple[str, str]) -> None:
         items = self.scheduler.take_pending(lane, self.max_batch_size, self.max_batch_wait_s)
         if not items:
             return
@@ -120,7 +156,9 @@ class Worker:
         for item in items:
             item.started_at = started
         try:
-            probabilities = self._probabilities(model, items)
+            probabilities = self._call("predict", model, [i.x for i in items])
+        except WorkerGone:
+            raise
         except Exception as exc:  # noqa: BLE001 - one bad input fails its own request, not the batch
             if len(items) == 1:
                 self._fail(items, exc)
@@ -129,213 +167,128 @@ class Worker:
             for item in items:
                 self._predict_alone(model, item)
             return
-        self._settle_predictions(model, items, probabilities, started)
+        self._settle_predictions(model, items, probabilities, started)  # type: ignore[arg-type]
 
-    def _probabilities(self, model: ServedModel, items: list[WorkItem]) -> torch.Tensor:
-        logits = model.inference.predict_logits(torch.stack([i.x for i in items]))
-        return torch.softmax(logits.float(), dim=1).cpu()
-
-    def _predict_alone(self, model: ServedModel, item: WorkItem) -> None:
+    def _predict_alone(self, model: str, item: WorkItem) -> None:
         started = time.monotonic()
         try:
-            probabilities = self._probabilities(model, [item])
+            probabilities = self._call("predict", model, [item.x])
+        except WorkerGone:
+            raise
         except Exception as exc:  # noqa: BLE001
             self._fail([item], exc)
             return
-        self._settle_predictions(model, [item], probabilities, started)
+        self._settle_predictions(model, [item], probabilities, started)  # type: ignore[arg-type]
 
-    def _settle_predictions(
-        self, model: ServedModel, items: list[WorkItem], probabilities: torch.Tensor, started: float
-    ) -> None:
+    def _settle_predictions(self, model: str, items: list[WorkItem], probabilities: Sequence[object], started: float) -> None:
         finished = time.monotonic()
-        self.scheduler.record_batch("predict", model.name, items, len(items), finished - started)
+        self.scheduler.record_batch("predict", model, items, len(items), finished - started)
         self.metrics.observe_batch("predict", len(items))
         for index, item in enumerate(items):
             queued_since = item.started_at if item.started_at is not None else started
             self.scheduler.finish(item)  # first: when the answer arrives, the queue no longer counts it
             item.settle(
-                PredictOutput(probabilities[index], ms_since(item.enqueued_at, queued_since), ms_since(started, finished))
+                PredictOutput(probabilities[index], ms_since(item.enqueued_at, queued_since), ms_since(started, finished))  # type: ignore[arg-type]
             )
 
-    # ---- Score-CAM -----------------------------------------------------------------------
+    # ---- batch jobs (Score-CAM, Recipro-CAM, faithfulness metrics) ------------------------
 
-    def _scorecam(self, model: ServedModel, lane: tuple[str, str]) -> None:
+    def _batch(self, model: str, lane: tuple[str, str]) -> None:
         for item in self.scheduler.take_pending(lane, START_PER_STEP):
-            self._start_job(model, item)
-        group = self.scheduler.next_group(model.name)
+            self._start(model, item)
+        group = self.scheduler.next_group(model)
         if not group:
             return
-        batch_size = self.explain_batch_size or model.inference.batch_size
-        started = time.monotonic()
+        batch_size = self.explain_batch_size or self.catalog.get(model).batch_size
         try:
-            chunks = fill_batch([item.job for item in group], batch_size)
+            report: BatchReport = self._call("run", model, [item.job_id for item in group], batch_size)  # type: ignore[assignment]
+        except WorkerGone:
+            raise
         except Exception as exc:  # noqa: BLE001
             self._fail(group, exc)
             return
-        precision = chunks[0].job.precision if chunks else None
-        jobs_in_batch = {id(chunk.job) for chunk in chunks}
-        members = [item for item in group if id(item.job) in jobs_in_batch]
-        done_before = {id(item.job): item.job.done for item in members}
-        try:
-            run_batch(chunks)
-        except Exception as exc:  # noqa: BLE001
-            if len(members) == 1:
-                self._fail(members, exc)
-                return
-            log.warning("a masked batch shared by %d requests failed (%s); running them one at a time", len(members), exc)
-            members = self._run_alone(members, chunks, done_before, exc)
-            if not members:
-                return
-        seconds = time.monotonic() - started
-        size = sum(len(chunk) for chunk in chunks if any(chunk.job is item.job for item in members))
-        # head batches are far cheaper than whole-network ones: kept out of the Score-CAM pace
-        kind = "recipro-cam" if chunks and isinstance(chunks[0].job, ReciproJob) else "scorecam"
-        self.scheduler.record_batch(kind, model.name, members, size, seconds, precision)
-        self.metrics.observe_batch(kind, size)
-        self.metrics.masked_forwards.inc(size)
-        for item in members:
-            self._advance(model, item)
+        by_id = {item.job_id: item for item in group}
+        for job_id, payload in report.failed.items():
+            self._fail([by_id[job_id]], payload.rebuild())
+        members = [by_id[job_id] for job_id in report.states]
+        if report.oom_splits:
+            info = self.catalog.get(model)
+            info.oom_splits += report.oom_splits
+            info.batch_size = report.batch_size
+            self.metrics.oom_splits.labels(model=model).inc(report.oom_splits)
+        if report.size:
+            self.scheduler.record_batch(report.kind, model, members, report.size, report.seconds, report.precision)
+            self.metrics.observe_batch(report.kind, report.size)
+            self.metrics.masked_forwards.inc(report.size)
+        self.metrics.observe_device_memory(report.device_memory)
+        for job_id, state in report.states.items():
+            self._advance(by_id[job_id], state)
 
-    def _run_alone(
-        self, members: list[WorkItem], chunks: list[Any], done_before: dict[int, int], exc: Exception
-    ) -> list[WorkItem]:
-        """Re-run a failed shared batch one request at a time, so only the request that fails
-        fails; returns the requests whose chunks then ran."""
-        survivors = []
-        for item in members:
-            own = [chunk for chunk in chunks if chunk.job is item.job]
-            if item.job.done != done_before[id(item.job)]:
-                self._fail([item], exc)  # partly recorded before the failure: its scores are not trusted
-                continue
-            try:
-                run_batch(own)
-            except Exception as alone:  # noqa: BLE001
-                self._fail([item], alone)
-                continue
-            survivors.append(item)
-        return survivors
-
-    def _start_job(self, model: ServedModel, item: WorkItem) -> None:
-        """One base forward and the channel plan; the masked batches come later."""
+    def _start(self, model: str, item: WorkItem) -> None:
+        """One base forward and the plan in the worker process; the batches come later."""
         item.started_at = time.monotonic()
         if item.cancelled or item.expired(item.started_at):  # left while an earlier job of this step started
-            for dropped, error in self.scheduler.purge(item.started_at):
-                dropped.settle(error=error)
+            self._purge(item.started_at)
             return
-        layer = item.layer or model.loaded.default_layer
+        assert item.spec is not None
         try:
-            if item.method == "recipro-cam":
-                cam: ScoreCAM | ReciproCAM = model.recipro_cam(layer, item.precision)
-            else:
-                cam = model.scorecam(layer, item.weighting, item.precision, item.max_channels)
-            item.job = cam.start(item.x, item.classes, top_k=item.top_k)
-            item.group = item.job.group
+            state: JobState = self._call("start", item.job_id, model, item.spec, item.x)  # type: ignore[assignment]
+        except WorkerGone:
+            raise
         except Exception as exc:  # noqa: BLE001
             self._fail([item], exc)
             return
-        if isinstance(item.job, ScoreCamJob):
-            model.layer_channels[layer] = int(item.job.stats.channels)
-        self._report(item)
-        if item.job.finished:
-            self._finish_job(model, item)
-        else:
+        if state.channels is not None:
+            self.catalog.get(model).layer_channels[item.spec.layer] = state.channels
+        if item.kind == "grad":  # the whole Grad-CAM ran in that call
+            self.scheduler.record_batch("grad", model, [item], 1, time.monotonic() - item.started_at)
+            self.metrics.observe_batch("grad", 1)
+        self._advance(item, state)
+        if not state.finished:
             self.scheduler.activate(item)
 
-    def _advance(self, model: ServedModel, item: WorkItem) -> None:
-        self._report(item)
-        if item.job.finished:
-            self._finish_job(model, item)
+    def _start_grad(self, lane: tuple[str, str]) -> None:
+        for item in self.scheduler.take_pending(lane, 1):
+            self._start(lane[1], item)
 
-    def _report(self, item: WorkItem) -> None:
-        """Remaining forwards (for backpressure) and progress over masks plus metric forwards."""
-        job = item.job
-        later = 0 if isinstance(job, RequestMetricsJob) else item.metric_forwards
-        done = item.forwards_before + job.done
-        total = item.forwards_before + job.total + later
-        self.scheduler.update_remaining(item, total - done)
-        item.report_progress(done, total)
+    def _advance(self, item: WorkItem, state: JobState) -> None:
+        """Remaining forwards (for backpressure), progress, and the answer once finished."""
+        item.state = state
+        self.scheduler.update_remaining(item, state.total - state.done)
+        item.report_progress(state.done, state.total, state.partial_maps)
+        if state.finished:
+            self._finish(item)
 
-    def _finish_job(self, model: ServedModel, item: WorkItem) -> None:
-        job = item.job
-        if isinstance(job, RequestMetricsJob):
-            try:
-                metrics = job.results()
-            except Exception as exc:  # noqa: BLE001
-                self._fail([item], exc)
-                return
-            assert item.explained is not None
-            self._settle_explanation(item, replace(item.explained, metrics=metrics))
-            return
+    def _finish(self, item: WorkItem) -> None:
         try:
-            results = job.results()
+            output = self._call("output", item.job_id)
+        except WorkerGone:
+            raise
         except Exception as exc:  # noqa: BLE001
             self._fail([item], exc)
             return
-        self._explained(model, item, ExplainOutput(job.probabilities, results, 0.0, 0.0), job.total)
-
-    def _explained(self, model: ServedModel, item: WorkItem, output: ExplainOutput, forwards: int) -> None:
-        """The maps are ready: settle, or first queue the metric forwards when they were asked for."""
-        if item.metrics_step is None:
-            self._settle_explanation(item, output)
-            return
-        try:
-            job = RequestMetricsJob(model.inference, item.x, output.results, item.metrics_step)
-        except Exception as exc:  # noqa: BLE001
-            self._fail([item], exc)
-            return
-        item.explained = output
-        item.forwards_before = forwards
-        item.job = job
-        item.group = job.group
-        self._report(item)
-        if job.finished:
-            self._finish_job(model, item)
-        else:
-            self.scheduler.activate(item)
-
-    def _settle_explanation(self, item: WorkItem, output: ExplainOutput) -> None:
         assert item.started_at is not None
         now = time.monotonic()
         queue_ms, compute_ms = ms_since(item.enqueued_at, item.started_at), ms_since(item.started_at, now)
         self.scheduler.finish(item)
-        item.settle(replace(output, queue_ms=queue_ms, compute_ms=compute_ms))
-
-    # ---- Grad-CAM / Grad-CAM++ -----------------------------------------------------------
-
-    def _grad(self, model: ServedModel, lane: tuple[str, str]) -> None:
-        items = self.scheduler.take_pending(lane, 1)
-        if not items:
-            return
-        item = items[0]
-        item.started_at = time.monotonic()
-        try:
-            logits = model.inference.predict_logits(item.x)[0]
-            probabilities = torch.softmax(logits.float(), dim=0).cpu()
-            classes = item.classes or [int(i) for i in torch.topk(probabilities, min(item.top_k, probabilities.numel())).indices]
-            cam = model.gradient_cam(item.method, item.layer or model.loaded.default_layer)
-            with torch.enable_grad():
-                results = cam(item.x, [classes])[0]
-        except Exception as exc:  # noqa: BLE001
-            self._fail([item], exc)
-            return
-        now = time.monotonic()
-        self.scheduler.record_batch("grad", model.name, [item], 1, now - item.started_at)
-        self.metrics.observe_batch("grad", 1)
-        self._explained(model, item, ExplainOutput(probabilities, results, 0.0, 0.0), item.cost - item.metric_forwards)
+        result = ExplainOutput(output.probabilities, output.results, queue_ms, compute_ms, output.metrics)  # type: ignore[attr-defined]
+        item.settle(result)
 
     # ---- failures ------------------------------------------------------------------------
 
-    def _fail(self, items: list[WorkItem], exc: Exception) -> None:
+    def _fail(self, items: list[WorkItem], exc: BaseException) -> None:
         """A request-level failure: domain errors pass through, anything else becomes a 500 that
         names the request id, which the log line carries too (one line per request)."""
         for item in items:
             if isinstance(exc, ScoreCamError):
                 error: ScoreCamError = exc
             else:
-                log.error("request %s failed in the worker: %s: %s", item.request_id, type(exc).__name__, exc, exc_info=exc)
+                kind = exc.type_name if isinstance(exc, WorkerError) else type(exc).__name__
+                log.error("request %s failed in the worker: %s: %s", item.request_id, kind, exc, exc_info=exc)
                 error = InternalError(
-                    f"the worker failed on request {item.request_id}: {type(exc).__name__}: {exc}",
+                    f"the worker failed on request {item.request_id}: {kind}: {exc}",
                     request_id=item.request_id,
                 )
             self.scheduler.finish(item)
             item.settle(error=error)
+

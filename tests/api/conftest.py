@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -97,11 +99,31 @@ def gate() -> Gate:
 
 
 def crash_worker(service: Any) -> Any:
-    """Make the running worker raise at its next step (a simulated crash); returns that worker."""
+    """SIGKILL the running worker process (a crash in native code, the kernel's OOM killer);
+    returns that worker."""
     dying = service.supervisor.worker
-
-    def crash() -> None:
-        raise RuntimeError("simulated worker crash")
-
-    dying.fault = crash
+    assert dying.wait_started(30), "the worker process did not start"
+    os.kill(dying.pid, signal.SIGKILL)
     return dying
+
+
+def local_engine(app: FastAPI, name: str) -> tuple[Any, Any]:
+    """The served model built again in the test process, as the worker process built it:
+    (LoadedModel, InferenceModel) with the app's device, precision, runtime and batch size."""
+    from app.cam import InferenceModel
+    from app.service.hosted_models import default_model_source
+
+    settings = app.state.settings
+    source = app.state.service.source or default_model_source(settings)
+    loaded = source.load(name, weights="default", allow_download=False)
+    served = app.state.service.catalog.get(name)
+    inference = InferenceModel(
+        loaded.module,
+        device=settings.device,
+        precision=settings.precision,
+        batch_size=served.batch_size,
+        input_size=loaded.preprocessing.input_size,
+        runtime=settings.runtime,
+        cache_dir=settings.cache_dir,
+    )
+    return loaded, inference

@@ -20,7 +20,7 @@ def test_factory_without_arguments_reads_the_environment(monkeypatch: pytest.Mon
     app = create_app()
     assert isinstance(app, FastAPI)
     assert app.state.settings.max_upload_bytes == 123456
-    assert app.state.service.store.names == ["efficientnet_lite0"]
+    assert app.state.service.catalog.names == ["efficientnet_lite0"]
     paths = set(app.openapi()["paths"])
     assert {"/healthz", "/readyz", "/metrics", "/v1/models", "/v1/predict", "/v1/explain"} <= paths
 

@@ -26,7 +26,7 @@ async def test_embedded_model_warms_up_then_explains_a_cat(cat_png: bytes) -> No
         response = await client.post(
             "/v1/explain", files={"image": ("cat.png", cat_png)}, data={"max_channels": "32", "outputs": "raw"}
         )
-    if not service.store.loaded or early.status_code == 200:
+    if not service.catalog.loaded or early.status_code == 200:
         pytest.fail("readiness must wait for loading and warm-up")
     assert early.status_code == 503 and ready.status_code == 200
     assert model["default"] and model["num_classes"] == 1000 and model["target_layer"] in model["layers"]

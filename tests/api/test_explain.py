@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.service.render import decode_raw
+from app.imaging.render import decode_raw
 
 from .conftest import image_bytes, serving, tiny_app
 from .tinynet import CHANNELS, INPUT_SIZE, NUM_CLASSES

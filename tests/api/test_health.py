@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 
-from app.service.registry_state import ModelStore
+from app.main import create_app
+from app.models import Registry
 
-from .conftest import await_until, crash_worker, serving, tiny_app
-from .tinynet import Gate
+from .conftest import await_until, crash_worker, serving, tiny_app, tiny_settings
+from .tinynet import BrokenEntry, Gate
 
 pytestmark = pytest.mark.anyio
 
@@ -32,12 +33,8 @@ async def test_ready_only_after_warm_up(cat_png: bytes, gate: Gate) -> None:
     assert ready.status_code == 200 and ready.json() == {"status": "ready", "reason": None, "models": ["tiny"]}
 
 
-async def test_a_model_that_fails_to_load_keeps_the_service_not_ready(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(self: ModelStore) -> None:
-        raise RuntimeError("weights file is corrupt")
-
-    monkeypatch.setattr(ModelStore, "load_all", broken)
-    app = tiny_app()
+async def test_a_model_that_fails_to_load_keeps_the_service_not_ready() -> None:
+    app = create_app(tiny_settings(models=["broken"]), model_source=Registry([BrokenEntry("broken")]))
     async with serving(app, ready=False) as client:
         await await_until(lambda: app.state.service.supervisor.startup_error is not None, what="the load failure")
         response = await client.get("/readyz")
@@ -46,7 +43,7 @@ async def test_a_model_that_fails_to_load_keeps_the_service_not_ready(monkeypatc
 
 async def test_unknown_configured_model_fails_at_start_up() -> None:
     app = tiny_app()
-    app.state.service.store.names.append("nonexistent")
+    app.state.service.catalog.names.append("nonexistent")
     with pytest.raises(Exception, match="unknown model 'nonexistent'"):
         async with serving(app, ready=False):
             pass

@@ -117,3 +117,29 @@ def test_sigterm_finishes_in_flight_work_then_exits_0(cat_png: bytes) -> None:
             process.wait()
     assert events[-1] == "result", events
     assert "progress" in events
+
+
+def test_closing_a_stream_of_partial_maps_stops_the_maps_and_the_work(cat_png: bytes, gate: Gate) -> None:
+    app = tiny_app()
+    scheduler = app.state.service.scheduler
+    form = {"partial_maps": "true", "partial_maps_every": "0.1"}
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        gate.close_after(3)  # the base forward and two masked batches, then hold
+        maps = 0
+        with client.stream(
+            "POST", "/v1/explain", files={"image": ("i.png", cat_png)}, data=form, headers={"Accept": "text/event-stream"}
+        ) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            for line in lines:
+                if line.startswith("data:") and "partial_maps" in line:
+                    maps += 1
+                    if '"done":8' in line:
+                        break  # the map after two batches of four masks
+            wait_until(gate.entered.is_set, what="the worker to hold the third batch")
+        wait_until(lambda: cancelled(client) == 1, what="the server to notice the closed stream")
+        gate.open()
+        wait_until(lambda: scheduler.depth() == 0, what="the server to drop the request")
+        ran = len(scorecam_batches_of(app))
+    assert maps >= 1
+    assert ran <= 3  # no batch, and so no map, after the held one

@@ -20,9 +20,9 @@ from scorecam_client import ExplainOptions
 
 from app.cam import faithfulness, faithfulness_forward_passes
 from app.cam.deletion import pixel_schedule
-from app.service.render import decode_raw
+from app.imaging.render import decode_raw
 
-from .conftest import await_until, image_bytes, serving, tiny_app
+from .conftest import await_until, image_bytes, local_engine, serving, tiny_app
 from .tinynet import INPUT_SIZE, Gate
 
 pytestmark = pytest.mark.anyio
@@ -55,14 +55,14 @@ async def test_multipart_metrics_match_the_library(small_png: bytes) -> None:
         data = {"metrics": "true", "metrics_step": str(STEP), "classes": "3,5", "outputs": "raw"}
         response = await client.post("/v1/explain", files={"image": ("s.png", small_png)}, data=data)
         assert response.status_code == 200, response.text
-        served = app.state.service.store.get("tiny")
-        x = served.loaded.preprocessing.full_tensor(Image.open(io.BytesIO(small_png)))[None]
+        loaded, inference = local_engine(app, "tiny")
+        x = loaded.preprocessing.full_tensor(Image.open(io.BytesIO(small_png)))[None]
         explanations = response.json()["explanations"]
         assert [e["class_index"] for e in explanations] == [3, 5]
         for e in explanations:
             check_shape(e["metrics"], STEP)
             cam_map = torch.from_numpy(decode_raw(e["raw"]).copy())
-            expected = faithfulness(served.inference, x, e["class_index"], cam_map, step=STEP)
+            expected = faithfulness(inference, x, e["class_index"], cam_map, step=STEP)
             got = e["metrics"]
             assert got["deletion_auc"] == pytest.approx(expected.deletion_auc, rel=1e-5, abs=1e-7)
             assert got["insertion_auc"] == pytest.approx(expected.insertion_auc, rel=1e-5, abs=1e-7)

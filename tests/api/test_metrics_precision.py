@@ -18,9 +18,9 @@ from PIL import Image
 from app.cam import faithfulness
 from app.config import Settings
 from app.main import create_app
-from app.service.render import decode_raw
+from app.imaging.render import decode_raw
 
-from .conftest import image_bytes, serving
+from .conftest import image_bytes, local_engine, serving
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.precision]
 STEP = 0.1  # 21 metric forwards
@@ -40,13 +40,13 @@ async def test_served_metrics_equal_an_fp32_recomputation(cat_photo: Image.Image
             data={"max_channels": "24", "metrics": "true", "metrics_step": str(STEP), "outputs": "raw"},
         )
         assert response.status_code == 200, response.text
-        served = app.state.service.store.get("efficientnet_lite0")
+        loaded, inference = local_engine(app, "efficientnet_lite0")
         [explanation] = response.json()["explanations"]
         metrics = explanation["metrics"]
-        x = served.loaded.preprocessing.full_tensor(Image.open(io.BytesIO(upload)))[None]
+        x = loaded.preprocessing.full_tensor(Image.open(io.BytesIO(upload)))[None]
         cam_map = torch.from_numpy(decode_raw(explanation["raw"]).copy())
         assert tuple(cam_map.shape) == (224, 224)
-        want = faithfulness(served.inference, x, explanation["class_index"], cam_map, step=STEP, precision="fp32")
+        want = faithfulness(inference, x, explanation["class_index"], cam_map, step=STEP, precision="fp32")
     assert metrics["precision"] == "fp32"
     assert abs(metrics["average_drop"] - want.average_drop) < DROP_POINTS, (metrics["average_drop"], want.average_drop)
     assert metrics["deletion_auc"] == pytest.approx(want.deletion_auc, abs=AUC_TOLERANCE)

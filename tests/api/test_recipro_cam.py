@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from app.cam import InferenceModel, ReciproCAM
-from app.service.render import decode_raw, resize_map
+from app.imaging.render import decode_raw, resize_map
 
 from .conftest import await_until, serving, tiny_app
 from .tinynet import CHANNELS, INPUT_SIZE, LAYER, Gate, TinyEntry

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from app.service.render import decode_raw
+from app.imaging.render import decode_raw
 from app.version import VERSION
 
 from .conftest import image_bytes, tiny_app, wait_until
@@ -106,7 +106,7 @@ def test_images_give_the_same_probabilities_as_v1(
 
 
 def test_a_preprocessed_tensor_matches_its_image(client: triton.InferenceServerClient, app: FastAPI, cat_png: bytes) -> None:
-    preprocessing = app.state.service.store.get("tiny").loaded.preprocessing
+    preprocessing = app.state.service.catalog.get("tiny").preprocessing
     x = preprocessing.eval_tensor(Image.open(io.BytesIO(cat_png)).convert("RGB"))[None].numpy().astype(np.float32)
     tensor = triton.InferInput("input", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)

@@ -1,19 +1,23 @@
 """A tiny CNN served through the real registry, so API tests run in milliseconds.
 
 ``Gate`` lets a test hold the worker inside a forward pass (deterministically, no sleeps): the
-network calls ``gate.pass_through()`` on every forward. Gates are looked up by name from a
-module-level table because the engine deep-copies the network (an Event cannot be copied).
+network calls ``gate.pass_through()`` on every forward. The forward runs in the worker process,
+so a gate is built from multiprocessing primitives of the worker's context: the test's gate and
+the worker's copy (pickled with the registry when the worker starts) are one gate. Gates are
+looked up by name from a module-level table because the engine deep-copies the network (an
+Event cannot be copied); a gate registers itself in that table in each process it reaches.
 """
 
 from __future__ import annotations
 
-import threading
 import time
+from typing import Any
 
 import torch
 from torch import nn
 
 from app.models import LoadedModel, Preprocessing, Registry
+from app.service.worker_link import worker_context
 
 GATES: dict[str, Gate] = {}
 INPUT_SIZE = 32
@@ -22,18 +26,62 @@ CHANNELS = 32
 LAYER = "features.6"
 
 
+class SharedFlag:
+    """An event both processes see, robust to a waiter that dies: a shared byte, polled by waiters.
+
+    (multiprocessing's Event would do, but its ``set`` waits for every sleeper to acknowledge, and
+    a worker process killed while it waits never does: the test would hang in ``gate.open()``.)
+    """
+
+    POLL_S = 0.001
+
+    def __init__(self) -> None:
+        self._value = worker_context().Value("b", 0, lock=False)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def clear(self) -> None:
+        self._value.value = 0
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+    def wait(self, timeout: float) -> bool:
+        """Poll until set or ``timeout`` seconds passed (a deadline, not a synchronising sleep)."""
+        deadline = time.monotonic() + timeout
+        while not self.is_set():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(self.POLL_S)
+        return True
+
+
 class Gate:
     """Open by default; ``close()`` makes every forward wait until ``open()``."""
 
     def __init__(self, name: str) -> None:
+        context = worker_context()
         self.name = name
-        self._open = threading.Event()
+        self._open = SharedFlag()
         self._open.set()
-        self.entered = threading.Event()
-        self.delay_s = 0.0  # simulated compute per forward (for the subprocess SIGTERM test)
-        self._budget: int | None = None
-        self._lock = threading.Lock()
+        self.entered = SharedFlag()
+        self._delay = context.Value("d", 0.0, lock=False)  # simulated compute per forward (SIGTERM tests)
+        self._budget = context.Value("i", -1, lock=False)  # -1: no budget
+        self._lock = context.Lock()
         GATES[name] = self
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        GATES[self.name] = self  # the worker process's copy: its networks find it by name
+
+    @property
+    def delay_s(self) -> float:
+        return float(self._delay.value)
+
+    @delay_s.setter
+    def delay_s(self, value: float) -> None:
+        self._delay.value = value
 
     def close(self) -> None:
         self.close_after(0)
@@ -42,29 +90,29 @@ class Gate:
         """Let ``forwards`` more forward passes through, then hold the next one."""
         with self._lock:
             self.entered.clear()
-            self._budget = forwards
+            self._budget.value = forwards
             if forwards == 0:
                 self._open.clear()
 
     def open(self) -> None:
         with self._lock:
-            self._budget = None
+            self._budget.value = -1
             self._open.set()
 
     def release(self, forwards: int) -> None:
         """Let the held forward pass and ``forwards`` more through, then hold the next one."""
         with self._lock:
             self.entered.clear()
-            self._budget = forwards
+            self._budget.value = forwards
             self._open.set()
 
     def pass_through(self) -> None:
         with self._lock:
-            if self._budget is not None:
-                if self._budget == 0:
+            if self._budget.value >= 0:
+                if self._budget.value == 0:
                     self._open.clear()
                 else:
-                    self._budget -= 1
+                    self._budget.value -= 1
         if not self._open.is_set():
             self.entered.set()
             if not self._open.wait(timeout=60):
@@ -127,6 +175,16 @@ class TinyEntry:
             default_layer=LAYER,
             heads={LAYER: ("pool", "flatten", "fc")},  # Recipro-CAM's network after the layer
         )
+
+
+class BrokenEntry:
+    """A registry entry whose weights cannot be read (the load fails in the worker process)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def load(self, weights: object = "default", allow_download: bool = False) -> LoadedModel:
+        raise RuntimeError("weights file is corrupt")
 
 
 def tiny_registry(*names: str) -> Registry:

@@ -51,7 +51,7 @@ def test_a_bad_switch_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) 
         resolve_precision("auto", "cpu")
 
 
-@pytest.mark.parametrize("name", ["int8", "", "FP32"])
+@pytest.mark.parametrize("name", ["int4", "", "FP32"])
 def test_unknown_precision_is_rejected(name: str) -> None:
     with pytest.raises(InvalidOption, match="valid values"):
         resolve_precision(name, "cpu")

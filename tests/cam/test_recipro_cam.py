@@ -7,12 +7,14 @@ so the probability map softmax(y_ij)[c] can be written down directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.cam import InferenceModel, ReciproCAM, ScoreCAM, fill_batch
+from app.cam import InferenceModel, ReciproCAM, ScoreCAM, fill_batch, run_batch
 from app.cam.recipro_cam import GAUSSIAN_3X3, location_masks
 from app.errors import InvalidOption, UnsupportedLayer
 from tests.cam.reference import pearson
@@ -129,3 +131,67 @@ def test_options_are_checked(embedded, embedded_fp32: InferenceModel) -> None:
         ReciproCAM(embedded_fp32, "bn2", embedded.head("bn2"), kernel="box")
     with pytest.raises(InvalidOption, match="batch_size"):
         ReciproCAM(embedded_fp32, "bn2", embedded.head("bn2"), batch_size=0)
+
+
+class OomHead:
+    """A head that raises torch.OutOfMemoryError for any batch larger than ``limit`` (as
+    tests/hardening/faultynet.py simulates out-of-memory on a CPU) and records every call."""
+
+    def __init__(self, head: Callable[[torch.Tensor], torch.Tensor], limit: int) -> None:
+        self.head = head
+        self.limit = limit
+        self.calls: list[int] = []
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        self.calls.append(a.shape[0])
+        if a.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"simulated: a head batch of {a.shape[0]} does not fit (limit {self.limit})")
+        return self.head(a)
+
+
+def oom_model(model: nn.Module, batch_size: int) -> tuple[InferenceModel, list[int]]:
+    inference = InferenceModel(model, precision="fp32", input_size=16, batch_size=batch_size)
+    reported: list[int] = []
+    inference.on_oom = reported.append
+    return inference, reported
+
+
+def test_head_batches_halve_on_out_of_memory() -> None:
+    model = ConvGapLinear()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    [[expected]] = ReciproCAM(InferenceModel(model, precision="fp32", input_size=16, batch_size=8), "act", model.head)(x)
+    inference, reported = oom_model(model, batch_size=8)
+    head = OomHead(model.head, limit=3)
+    [[result]] = ReciproCAM(inference, "act", head)(x)
+    assert head.calls[:3] == [8, 4, 2]  # 8 and 4 fail, 2 fits and is kept for the rest
+    assert set(head.calls[3:]) == {2} and sum(head.calls[2:]) == 64
+    assert inference.batch_size == 2 and inference.oom_splits == 2 and reported == [4, 2]
+    assert torch.allclose(result.map, expected.map, atol=1e-6)
+    assert result.stats.forwarded == 64
+
+
+def test_a_shared_head_batch_halves_through_run_batch() -> None:
+    """The worker's path: one fill_batch of two images' chunks, larger than fits, in one run_batch."""
+    model = ConvGapLinear()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    expected = ReciproCAM(InferenceModel(model, precision="fp32", input_size=16, batch_size=16), "act", model.head)(x)
+    inference, reported = oom_model(model, batch_size=16)
+    head = OomHead(model.head, limit=5)
+    cam = ReciproCAM(inference, "act", head)
+    jobs = [cam.start(x[i : i + 1]) for i in range(2)]
+    while not all(job.exhausted for job in jobs):
+        run_batch(fill_batch(jobs, 16))  # 8 locations of each image per batch
+    assert head.calls[:3] == [16, 8, 4]
+    assert inference.batch_size == 4 and reported == [8, 4]
+    for job, [want] in zip(jobs, expected):
+        [got] = job.results()
+        assert torch.allclose(got.map, want.map, atol=1e-6)
+
+
+def test_a_single_feature_map_that_does_not_fit_is_raised() -> None:
+    model = ConvGapLinear()
+    inference, reported = oom_model(model, batch_size=4)
+    head = OomHead(model.head, limit=0)
+    with pytest.raises(torch.OutOfMemoryError, match="batch of 1"):
+        ReciproCAM(inference, "act", head)(torch.randn(1, 3, 16, 16))
+    assert head.calls == [4, 2, 1] and reported == [2, 1]

@@ -128,7 +128,9 @@ def test_max_channels_keeps_the_highest_variance_channels(small_cnn: SmallCNN, s
     job = cam.start(small_input[:1])
     acts = job.capture.activations.flatten(1)
     variance = acts.var(dim=1, unbiased=False)
-    assert set(job.plan.selected.tolist()) == set(torch.topk(variance, 3).indices.tolist())
+    # Channel 5 copies channel 4 (a tie): compare the kept variances, not which copy was kept.
+    kept = variance[job.plan.selected].sort(descending=True).values
+    assert torch.equal(kept, torch.topk(variance, 3).values)
     assert job.stats.forwarded == 3
     assert job.stats.skipped_by_max == 16 - job.stats.skipped_constant - 3
 
@@ -139,7 +141,7 @@ def test_max_channels_keeps_the_highest_variance_channels(small_cnn: SmallCNN, s
         ({"layer": "nope"}, UnknownLayer),
         ({"layer": LAYER, "weighting": "softmax"}, InvalidOption),
         ({"layer": LAYER, "max_channels": 0}, InvalidOption),
-        ({"layer": LAYER, "precision": "int8"}, InvalidOption),
+        ({"layer": LAYER, "precision": "int4"}, InvalidOption),
         ({"layer": "pool"}, None),  # pooled [1, 16, 1, 1] is 4-D, accepted
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
@@ -11,7 +12,7 @@ import httpx
 import httpx_sse
 import pytest
 from PIL import Image
-from scorecam_client import ApiError, ExplainOptions, PredictOptions, Progress, RetryPolicy
+from scorecam_client import ApiError, ExplainOptions, PartialMap, PredictOptions, Progress, RetryPolicy
 from scorecam_client.errors import retry_after
 from scorecam_client.events import stream_item
 from scorecam_client.images import image_file
@@ -28,9 +29,13 @@ from scorecam_client.images import image_file
         (ExplainOptions(classes=281, outputs="overlay"), {"classes": "281", "outputs": "overlay"}),
         (ExplainOptions(metrics=True, metrics_step=0.05), {"metrics": "true", "metrics_step": "0.05"}),
         (ExplainOptions(metrics=False), {"metrics": "false"}),
+        (
+            ExplainOptions(partial_maps=True, partial_maps_every=0.25),
+            {"partial_maps": "true", "partial_maps_every": "0.25"},
+        ),
         (PredictOptions(model="resnet18", top_k=3), {"model": "resnet18", "top_k": "3"}),
     ],
-    ids=["defaults-unsent", "lists-joined", "one-as-list", "metrics", "false-sent", "predict"],
+    ids=["defaults-unsent", "lists-joined", "one-as-list", "metrics", "false-sent", "partial-maps", "predict"],
 )
 def test_form_fields(options: ExplainOptions | PredictOptions, fields: dict[str, str]) -> None:
     assert options.form_fields() == fields
@@ -38,7 +43,16 @@ def test_form_fields(options: ExplainOptions | PredictOptions, fields: dict[str,
 
 @pytest.mark.parametrize(
     "fields",
-    [{"top_k": 0}, {"metrics_step": 0.6}, {"outputs": []}, {"precision": "int8"}, {"weighting": "max"}, {"topk": 1}],
+    [
+        {"top_k": 0},
+        {"metrics_step": 0.6},
+        {"outputs": []},
+        {"precision": "int8"},
+        {"weighting": "max"},
+        {"topk": 1},
+        {"partial_maps_every": 0},
+        {"partial_maps_every": 1.5},
+    ],
 )
 def test_invalid_options_fail_in_the_client(fields: dict[str, object]) -> None:
     with pytest.raises(ValueError):
@@ -97,3 +111,22 @@ def test_stream_events_mean_progress_result_or_error() -> None:
     with pytest.raises(ApiError) as info:
         stream_item(httpx_sse.ServerSentEvent("error", error))
     assert (info.value.status, info.value.code) == (504, "deadline_exceeded")
+
+
+def test_progress_events_with_partial_maps() -> None:
+    values = [round(i / 48, 4) for i in range(49)]
+    maps = [{"class_index": 281, "height": 7, "width": 7, "values": values}]
+    event = httpx_sse.ServerSentEvent("progress", json.dumps({"done": 64, "total": 640, "partial_maps": maps}))
+    item = stream_item(event)
+    assert isinstance(item, Progress) and (item.done, item.total, item.fraction) == (64, 640, 0.1)
+    [partial] = item.partial_maps
+    assert partial == PartialMap(281, 7, 7, tuple(values))
+    rows = partial.rows()
+    assert len(rows) == 7 and all(len(row) == 7 for row in rows)
+    assert rows[0][0] == 0.0 and rows[1][0] == values[7] and rows[6][6] == 1.0
+    # The events without a map (and every event of a server without the option) carry none.
+    plain = stream_item(httpx_sse.ServerSentEvent("progress", '{"done":65,"total":640}'))
+    assert plain == Progress(65, 640) and plain.partial_maps == ()  # type: ignore[union-attr]
+    bad = {"class_index": 281, "height": 7, "width": 7, "values": values[:48]}
+    with pytest.raises(ValueError, match="49 values"):
+        stream_item(httpx_sse.ServerSentEvent("progress", json.dumps({"done": 1, "total": 2, "partial_maps": [bad]})))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import os
 import signal
 import socket
@@ -111,6 +112,15 @@ def test_image_command_serves_then_exits_cleanly_on_sigterm(
     process, env, log = server
     base = f"http://127.0.0.1:{env['SCORECAM_PORT']}"
     wait_ready(process, base + "/readyz", log)
+    started = log.read_text(errors="replace")
+    # the start-up lines at INFO: each model with its device, runtime, precision, batch size and
+    # warm-up time, and the address served
+    assert re.search(
+        r"model efficientnet_lite0 ready in worker process \d+ on cpu: runtime (torch|openvino), "
+        r"precision (fp32|bf16), batch size \d+, warm-up [\d.]+ s",
+        started,
+    ), log_tail(log)
+    assert re.search(rf"serving efficientnet_lite0 on http://[\d.]+:{env['SCORECAM_PORT']}", started), log_tail(log)
 
     healthcheck = exec_form(final_stage().last("HEALTHCHECK"))
     probe = subprocess.run(healthcheck, env=env, capture_output=True, text=True, timeout=30)

@@ -8,18 +8,22 @@
 * raise ``torch.OutOfMemoryError`` for any batch larger than ``oom_above`` (out-of-memory on a
   CPU-only machine).
 
-Like the gates, the switches live in a module-level table: the engine deep-copies the network.
+Like the gates, the switches live in a module-level table (the engine deep-copies the network)
+and are multiprocessing values of the worker's context: the test flips them, the worker process
+(which got a copy of the registry when it started) reads them, and what the worker saw is logged
+where the test can read it.
 """
 
 from __future__ import annotations
 
-import threading
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
 
 from app.models import LoadedModel, Preprocessing, Registry
+from app.service.worker_link import worker_context
 from tests.api.tinynet import GATES, INPUT_SIZE, LAYER, NUM_CLASSES, Gate, TinyEntry, TinyNet
 
 FAULTS: dict[str, Fault] = {}
@@ -38,22 +42,87 @@ def _poison_ratios() -> tuple[float, float]:
     return r / g, b / g
 
 
+class SharedLog:
+    """An append-only list of ints both processes see (the batch sizes a fault hit)."""
+
+    CAPACITY = 4096
+
+    def __init__(self) -> None:
+        context = worker_context()
+        self._values = context.Array("i", self.CAPACITY, lock=False)
+        self._count = context.Value("i", 0, lock=False)
+
+    def append(self, value: int) -> None:
+        if self._count.value < self.CAPACITY:
+            self._values[self._count.value] = value
+            self._count.value += 1
+
+    def clear(self) -> None:
+        self._count.value = 0
+
+    def values(self) -> list[int]:
+        return list(self._values[: self._count.value])
+
+
 class Fault:
-    """Switches of one faulty model; ``seen`` records the batch sizes that held poison."""
+    """Switches of one faulty model; ``poisoned_batches`` / ``oom_batches`` record the batch sizes hit."""
 
     def __init__(self, name: str) -> None:
+        context = worker_context()
         self.name = name
         self.ratios = _poison_ratios()
-        self.lock = threading.Lock()
+        self.lock = context.Lock()
+        self._poison = context.Value("b", 0, lock=False)
+        self._poison_min_batch = context.Value("i", 1, lock=False)
+        self._oom_above = context.Value("i", -1, lock=False)  # -1: never
+        self._poisoned = SharedLog()
+        self._oom = SharedLog()
         self.reset()
         FAULTS[name] = self
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        FAULTS[self.name] = self  # the worker process's copy
 
     def reset(self) -> None:
         self.poison = False
         self.poison_min_batch = 1  # 2: the single-image base forward passes, shared batches fail
-        self.oom_above: int | None = None
-        self.poisoned_batches: list[int] = []
-        self.oom_batches: list[int] = []
+        self.oom_above = None
+        self._poisoned.clear()
+        self._oom.clear()
+
+    @property
+    def poison(self) -> bool:
+        return bool(self._poison.value)
+
+    @poison.setter
+    def poison(self, value: bool) -> None:
+        self._poison.value = int(value)
+
+    @property
+    def poison_min_batch(self) -> int:
+        return int(self._poison_min_batch.value)
+
+    @poison_min_batch.setter
+    def poison_min_batch(self, value: int) -> None:
+        self._poison_min_batch.value = value
+
+    @property
+    def oom_above(self) -> int | None:
+        value = int(self._oom_above.value)
+        return None if value < 0 else value
+
+    @oom_above.setter
+    def oom_above(self, value: int | None) -> None:
+        self._oom_above.value = -1 if value is None else value
+
+    @property
+    def poisoned_batches(self) -> list[int]:
+        return self._poisoned.values()
+
+    @property
+    def oom_batches(self) -> list[int]:
+        return self._oom.values()
 
     def poisoned(self, x: torch.Tensor) -> torch.Tensor:
         """Per sample: most pixels have the magenta channel ratios (masking scales all three)."""
@@ -67,11 +136,11 @@ class Fault:
         n = x.shape[0]
         if self.oom_above is not None and n > self.oom_above:
             with self.lock:
-                self.oom_batches.append(n)
+                self._oom.append(n)
             raise torch.OutOfMemoryError(f"simulated: a batch of {n} does not fit (limit {self.oom_above})")
         if self.poison and n >= self.poison_min_batch and bool(self.poisoned(x.float()).any()):
             with self.lock:
-                self.poisoned_batches.append(n)
+                self._poisoned.append(n)
             raise RuntimeError(f"simulated model failure on a poisoned input (batch of {n})")
 
 

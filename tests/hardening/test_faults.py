@@ -119,10 +119,10 @@ async def test_out_of_memory_halves_the_batch_and_gives_the_unsplit_result(cat_p
         split = await client.post("/v1/explain", files={"image": ("i.png", cat_png)}, data=options)
         predicted = await client.post("/v1/predict", files={"image": ("i.png", cat_png)})
         metrics = (await client.get("/metrics")).text
-        inference = service.store.get("faulty").inference
+        served = service.catalog.get("faulty")
     assert unsplit.status_code == split.status_code == predicted.status_code == 200, split.text
     assert fault.oom_batches[:2] == [8, 4], "8 failed, then 4, then 2 fitted"
-    assert inference.batch_size == 2 and inference.oom_splits == 2
+    assert served.batch_size == 2 and served.oom_splits == 2
     assert raw_map(split) == pytest.approx(raw_map(unsplit), abs=1e-5)
     assert unsplit.json()["predictions"] == split.json()["predictions"]
     assert 'scorecam_oom_splits_total{model="faulty"} 2.0' in metrics

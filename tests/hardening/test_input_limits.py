@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from app.models.preprocessing import RESIZE_BUDGET, Preprocessing
-from app.service.render import heatmap_png, overlay_png
+from app.imaging.render import heatmap_png, overlay_png
 from tests.api.conftest import image_bytes, serving, tiny_app
 
 from .test_bad_input import ENDPOINTS, FORMS, assert_error, png_header_only, send
@@ -152,7 +152,7 @@ def test_rendering_builds_pngs_without_full_resolution_float_temporaries() -> No
 
 
 def test_banded_rendering_is_the_same_picture() -> None:
-    from app.service.render import jet
+    from app.imaging.render import jet
 
     rng = np.random.default_rng(3)
     heat = rng.random((700, 900), dtype=np.float32)

@@ -185,6 +185,32 @@ def assert_unavailable(status: int, body: dict[str, Any]) -> None:
     assert "shutting down" in body["error"]["message"], body
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 # ---- the test ------------------------------------------------------------------------------
 
 
@@ -212,6 +238,7 @@ def test_sigterm_under_load_finishes_the_work_in_flight_refuses_new_work_and_exi
                 "explain stream 2": pool.submit(explain_stream, url, cat_png),
             }
             wait_for(lambda: server.queue_depth() == len(in_flight), "all eight requests to be queued or running")
+            helpers = descendants(server.process.pid)  # the worker process (and the fork server it came from)
 
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
@@ -255,3 +282,6 @@ def test_sigterm_under_load_finishes_the_work_in_flight_refuses_new_work_and_exi
 
     assert exit_code == 0, server.log()
     assert took < GRACE_S, f"exited {took:.1f} s after SIGTERM, past the {GRACE_S} s grace period"
+    # the drain went through the worker process, which is gone with the server: no orphan
+    assert helpers, "the server runs its models in a worker process"
+    wait_for(lambda: not any(alive(pid) for pid in helpers), "the worker process to exit with the server", timeout=10)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
-from app.service.images import ImageLimits, decode_image
+from app.imaging.images import ImageLimits, decode_image
 
 LIMITS = ImageLimits(max_bytes=5_000_000, max_megapixels=40)
 

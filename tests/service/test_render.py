@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.service.render import decode_raw, heatmap_png, jet, overlay_png, raw_map, resize_map
+from app.imaging.render import decode_raw, heatmap_png, jet, overlay_png, raw_map, resize_map
 
 
 def test_resize_keeps_range_and_orientation() -> None:

@@ -15,7 +15,7 @@ from app.api.forms import LIST_FIELDS, read_image_request
 from app.api.openapi import error_responses, request_body
 from app.api.schemas import ExplainJSON, ExplainOptions, ExplainResponse
 from app.api.sse import MEDIA_TYPE, ProgressFeed, explain_stream, wants_event_stream
-from app.service.images import ImageLimits, decode_image
+from app.imaging.images import ImageLimits, decode_image
 
 router = APIRouter(tags=["inference"])
 
@@ -56,13 +56,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 async def explain(request: Request, service: ServiceDep, settings: SettingsDep) -> Any:
     service.check_capacity()  # an overloaded service refuses before the upload is read ...
     data, options = await read_image_request(request, ExplainOptions)
-    spec = explain_spec(options)
-    service.check_explain(spec)  # ... and before it is decoded, once the request's cost is known
+    plan = service.check_explain(explain_spec(options))  # ... and before it is decoded, planned once
     limits = ImageLimits(settings.max_upload_bytes, settings.max_megapixels, settings.max_aspect_ratio)
     image = await asyncio.to_thread(decode_image, data, limits)
     if wants_event_stream(request.headers.get("accept")):
         feed = ProgressFeed()
-        pending = await service.submit_explain(image, spec, feed)
+        pending = await service.submit_explain(image, plan, feed)
         return explain_stream(pending, feed)
-    outcome = await unless_disconnected(request, service.explain(image, spec))
+    outcome = await unless_disconnected(request, service.explain(image, plan))
     return JSONResponse(explain_json(outcome))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import MetricsDep, ServiceDep
-from app.service.metrics import CONTENT_TYPE
+from app.service.prometheus import CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"])
 

@@ -12,7 +12,7 @@ from app.api.encoders import predict_response
 from app.api.forms import read_image_request
 from app.api.openapi import error_responses, request_body
 from app.api.schemas import PredictJSON, PredictOptions, PredictResponse
-from app.service.images import ImageLimits, decode_image
+from app.imaging.images import ImageLimits, decode_image
 
 router = APIRouter(tags=["inference"])
 

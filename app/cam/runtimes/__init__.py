@@ -2,12 +2,20 @@
 
 from app.cam.runtimes.base import RUNTIMES, TOLERANCES, Runtime, relative_error
 from app.cam.runtimes.cache import default_cache_dir
+from app.cam.runtimes.calibration import Calibration
 from app.cam.runtimes.choice import check_runtime_name, choose_runtime
-from app.cam.runtimes.openvino_cpu import OpenVINORuntime, conversion_count, openvino_version
+from app.cam.runtimes.openvino_cpu import (
+    OpenVINORuntime,
+    conversion_count,
+    nncf_version,
+    openvino_version,
+    quantisation_count,
+)
 from app.cam.runtimes.torch_eager import TorchRuntime
 
 __all__ = [
     "RUNTIMES",
+    "Calibration",
     "TOLERANCES",
     "OpenVINORuntime",
     "Runtime",
@@ -16,6 +24,8 @@ __all__ = [
     "choose_runtime",
     "conversion_count",
     "default_cache_dir",
+    "nncf_version",
     "openvino_version",
+    "quantisation_count",
     "relative_error",
 ]

@@ -4,6 +4,10 @@
 model agrees with torch on a check batch (per precision, ``TOLERANCES``); else torch. An explicit
 ``openvino`` that cannot be honoured (another device, not installed, conversion failure,
 disagreement) also falls back to torch, with a warning: never a wrong answer, never a failed start.
+
+int8 is compiled only when asked (``int8=Calibration``; precision "int8") and only on OpenVINO;
+it is checked by ``int8_agreement`` on held-out real inputs. Where it cannot be served (no nncf,
+quantisation failure, disagreement, no OpenVINO) fp32 serves int8 requests, with a warning.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from pathlib import Path
 import torch
 
 from app.cam.precision import native_precisions
-from app.cam.runtimes.base import RUNTIMES, TOLERANCES, Runtime, check_batch, relative_error
-from app.cam.runtimes.openvino_cpu import HINTS, OpenVINORuntime, openvino_version
+from app.cam.runtimes.base import RUNTIMES, TOLERANCES, Runtime, check_batch, int8_agreement, relative_error
+from app.cam.runtimes.calibration import Calibration
+from app.cam.runtimes.openvino_cpu import HINTS, OpenVINORuntime, nncf_version, openvino_version
 from app.cam.runtimes.torch_eager import TorchRuntime
 from app.errors import InvalidOption
 
@@ -34,9 +39,15 @@ def choose_runtime(
     input_size: int,
     cache_dir: Path | None = None,
     label: str = "model",
+    int8: Calibration | None = None,
 ) -> Runtime:
-    """The runtime ``name`` asks for when it can serve correctly, else ``reference`` (logged why)."""
+    """The runtime ``name`` asks for when it can serve correctly, else ``reference`` (logged why).
+
+    ``int8``: also quantise to int8 on this calibration (OpenVINO only; never with ``name="torch"``).
+    """
     check_runtime_name(name)
+    if int8 is not None and name == "torch":
+        raise InvalidOption(INT8_ON_TORCH)
     if name == "torch":
         return reference
     say = log.warning if name == "openvino" else log.info
@@ -49,12 +60,15 @@ def choose_runtime(
         say("runtime torch for %s: openvino is not installed (pip install openvino)", label)
         return reference
     precisions = tuple(p for p in native_precisions(device) if p in HINTS)
+    if int8 is not None and nncf_version() is None:
+        log.warning("int8 for %s needs nncf (pip install 'scorecam-service[int8]'): fp32 serves int8", label)
+        int8 = None
     try:
-        runtime = OpenVINORuntime(reference.fast, input_size, precisions, cache_dir)
+        runtime = OpenVINORuntime(reference.fast, input_size, precisions, cache_dir, int8=int8)
         errors = _agreement(runtime, reference, input_size)
         if runtime.from_cache and errors.get("fp32", 0.0) > TOLERANCES["fp32"]:
             log.warning("cached OpenVINO model of %s disagrees with torch; converting it again", label)
-            runtime = OpenVINORuntime(reference.fast, input_size, precisions, cache_dir, use_cached_ir=False)
+            runtime = OpenVINORuntime(reference.fast, input_size, precisions, cache_dir, use_cached_ir=False, int8=int8)
             errors = _agreement(runtime, reference, input_size)
     except Exception as exc:  # noqa: BLE001 - any conversion or compile failure means: torch serves
         log.warning("runtime torch for %s: OpenVINO could not convert or compile it (%s: %s)",
@@ -69,12 +83,34 @@ def choose_runtime(
         log.warning("%s on OpenVINO disagrees with torch in %s (relative error %.2g > %g): torch serves %s",
                     label, precision, error, TOLERANCES[precision], precision)
         runtime.drop(precision)
+    int8_note = _check_int8(runtime, reference, label)
     how = "loaded from cache" if runtime.from_cache else "converted"
     log.info("runtime openvino %s for %s: %s and compiled in %.1f s, agrees with torch (%s); torch serves %s",
              version.split("-")[0], label, how, runtime.setup_s,
              ", ".join(f"{p} {e:.1g}" for p, e in errors.items() if p in runtime.precisions),
              ", ".join(p for p in ("fp32", "bf16", "fp16") if p not in runtime.precisions))
+    if int8_note:
+        log.info("int8 on OpenVINO for %s: %s", label, int8_note)
     return runtime
+
+
+INT8_ON_TORCH = ("precision 'int8' runs on the OpenVINO runtime only (runtime 'openvino' or 'auto', on a CPU); "
+                 "the torch runtime computes: auto, fp32, bf16, fp16")
+
+
+def _check_int8(runtime: OpenVINORuntime, reference: TorchRuntime, label: str) -> str:
+    """Keep int8 only where it agrees with torch fp32 on held-out real inputs; the log line's figures."""
+    check = runtime.int8_check
+    if "int8" not in runtime.precisions or check is None:
+        return ""
+    inputs = check.inputs.to(reference.device)
+    ok, figures = int8_agreement(runtime.forward(inputs, "int8"), reference.forward(inputs, "fp32"), check)
+    if not ok:
+        log.warning("%s in int8 on OpenVINO disagrees with torch fp32 (%s): fp32 serves int8", label, figures)
+        runtime.drop("int8")
+        return ""
+    how = "loaded from cache" if runtime.int8_from_cache else f"quantised in {runtime.quantize_s:.1f} s"
+    return f"{how}, agrees with torch fp32 ({figures})"
 
 
 def _agreement(runtime: OpenVINORuntime, reference: TorchRuntime, input_size: int) -> dict[str, float]:
@@ -83,7 +119,7 @@ def _agreement(runtime: OpenVINORuntime, reference: TorchRuntime, input_size: in
     batch = check_batch(input_size, reference.device)
     want = reference.forward(batch, "fp32")
     errors: dict[str, float] = {}
-    for precision in runtime.precisions:
+    for precision in (p for p in runtime.precisions if p != "int8"):  # int8: _check_int8
         whole = relative_error(runtime.forward(batch, precision), want)
         single = relative_error(runtime.forward(batch[:1], precision), want[:1])
         errors[precision] = max(whole, single)

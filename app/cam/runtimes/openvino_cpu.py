@@ -9,10 +9,17 @@ second start converts nothing. One compiled model per precision (``INFERENCE_PRE
 f32 / bf16), plus a static-shape one at the engine's batch size (``prepare``): measured 2-7 % faster
 than the dynamic one at batch 8 on 2 cores, which keeps serving every other size. fp16 is never
 served here (a CPU computes it no faster than fp32), torch serves it.
+
+int8 (only when asked, ``int8=Calibration(...)``): NNCF post-training quantisation of the
+converted model (``nncf.quantize``), calibrated on the masked inputs Score-CAM forwards
+(``calibration.py``); the quantised IR is cached next to the fp32 one, keyed by the module's key,
+the calibration's digest and NNCF's version, so a second start quantises nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import threading
@@ -24,12 +31,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.cam.runtimes.base import TOLERANCES, relative_error
+from app.cam.runtimes.base import STATIC_INT8_TOLERANCE, TOLERANCES, relative_error
 from app.cam.runtimes.cache import module_key, writable_dir
+from app.cam.runtimes.calibration import Calibration, CheckSet
 
 log = logging.getLogger(__name__)
 HINTS: dict[str, str] = {"fp32": "f32", "bf16": "bf16"}
+# int8 layers run in int8 whatever the hint; the hint sets the rest (f32: no bf16 on top of int8)
+INT8_HINT = "f32"
+QUANTISATION = "ptq1"  # names how _quantize quantises (NNCF defaults: CPU, performance preset); part of the key
 _conversions = 0  # conversions done by this process: a restart with a warm cache adds none
+_quantisations = 0  # likewise for nncf.quantize
+
+
+def quantisation_count() -> int:
+    """How many models this process quantised with ``nncf.quantize`` (not from cache)."""
+    return _quantisations
+
+
+def nncf_version() -> str | None:
+    """The installed NNCF version, or None when it is not installed (int8 then falls back)."""
+    try:
+        import nncf
+    except ImportError:
+        return None
+    return str(nncf.__version__)
 
 
 def conversion_count() -> int:
@@ -59,6 +85,20 @@ def _convert(module: nn.Module, example: torch.Tensor) -> Any:
     return model
 
 
+def _quantize(model: Any, inputs: torch.Tensor) -> Any:
+    """NNCF post-training quantisation of ``model`` calibrated on ``inputs`` (one sample each)."""
+    global _quantisations
+    import nncf
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    dataset = nncf.Dataset([x[None].numpy() for x in inputs.float().contiguous()])
+    with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars: no bars in the core
+        quantised = nncf.quantize(model, dataset, subset_size=int(inputs.shape[0]),
+                                  target_device=nncf.TargetDevice.CPU)
+    _quantisations += 1
+    return quantised
+
+
 class OpenVINORuntime:
     """Compiled OpenVINO models of one module, one per precision, CPU only.
 
@@ -68,7 +108,8 @@ class OpenVINORuntime:
         precisions: the precisions to compile ("fp32", "bf16").
         cache_dir: the cache folder (OpenVINO uses ``<cache_dir>/openvino``), or None for none.
         threads: CPU threads per forward (the torch thread count by default).
-        use_cached_ir: read a previously converted model from the cache when there is one.
+        use_cached_ir: read a previously converted (or quantised) model from the cache when there is one.
+        int8: also serve int8, quantised on this calibration (needs nncf); None: no int8.
     """
 
     name = "openvino"
@@ -81,6 +122,7 @@ class OpenVINORuntime:
         cache_dir: Path | None = None,
         threads: int | None = None,
         use_cached_ir: bool = True,
+        int8: Calibration | None = None,
     ) -> None:
         import openvino as ov
 
@@ -90,19 +132,30 @@ class OpenVINORuntime:
         self.cache_dir = folder if folder is not None and writable_dir(folder) else None
         started = time.perf_counter()
         self.from_cache = False
+        self._key = module_key(module, self.input_shape, ov.__version__)
         source = self._load_or_convert(module, folder, use_cached_ir)
         self.convert_s = time.perf_counter() - started
         self._core = ov.Core()
-        self._source = source
+        self._sources: dict[str, Any] = {p: source for p in precisions}
+        self.int8_from_cache = False
+        self.int8_check: CheckSet | None = None  # held-out real inputs for int8's agreement check
+        self.quantize_s = 0.0
+        if int8 is not None:
+            try:
+                self._sources["int8"] = self._load_or_quantize(module, source, int8, folder, use_cached_ir)
+            except Exception as exc:  # noqa: BLE001 - fp32 still serves (int8 requests too)
+                log.warning("OpenVINO could not quantise the model to int8 (%s: %s): fp32 serves int8",
+                            type(exc).__name__, exc)
         self._requests: dict[str, Any] = {}  # dynamic batch, one per precision
         self._static: dict[tuple[str, int], Any] = {}  # (precision, batch size): static shape
-        for precision in precisions:
+        for precision in self._sources:
             try:
-                compiled = self._core.compile_model(source, "CPU", self._config(precision))
+                compiled = self._core.compile_model(self._sources[precision], "CPU", self._config(precision))
             except Exception as exc:  # noqa: BLE001 - without fp32 there is no runtime; without bf16, torch serves it
                 if precision == "fp32":
                     raise
-                log.warning("OpenVINO could not compile %s (%s): torch serves %s", precision, exc, precision)
+                log.warning("OpenVINO could not compile %s (%s): %s serves %s", precision, exc,
+                            "fp32" if precision == "int8" else "torch", precision)
                 continue
             self._requests[precision] = compiled.create_infer_request()
         self.setup_s = time.perf_counter() - started
@@ -110,7 +163,7 @@ class OpenVINORuntime:
 
     def _config(self, precision: str) -> dict[str, Any]:
         config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": HINTS[precision],
+            "INFERENCE_PRECISION_HINT": INT8_HINT if precision == "int8" else HINTS[precision],
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": "LATENCY",  # one stream: the engine runs one batch at a time
         }
@@ -124,7 +177,7 @@ class OpenVINORuntime:
 
         if folder is None:
             return _convert(module, self._example())
-        ir = folder / f"{module_key(module, self.input_shape, ov.__version__)}.xml"
+        ir = folder / f"{self._key}.xml"
         if use_cached_ir and ir.is_file() and ir.with_suffix(".bin").is_file():
             self.from_cache = True
             return str(ir)
@@ -132,6 +185,36 @@ class OpenVINORuntime:
         if self.cache_dir is not None:
             self._save(model, ir)
         return model
+
+    def _load_or_quantize(self, module: nn.Module, source: Any, calibration: Calibration, folder: Path | None,
+                          use_cached_ir: bool) -> Any:
+        """The cached int8 IR's path when present, else ``nncf.quantize`` of ``source`` (saved when writable).
+
+        Its key: the module's key, how it is quantised, the calibration's digest and NNCF's version.
+        """
+        started = time.perf_counter()
+        version = nncf_version()
+        if version is None:
+            raise ImportError("int8 needs nncf: pip install 'scorecam-service[int8]'")
+        name = f"{self._key}-int8-{QUANTISATION}-{calibration.key()}-nncf{version}.xml"
+        ir = folder / name if folder is not None else None
+        cached = use_cached_ir and ir is not None and ir.is_file() and ir.with_suffix(".bin").is_file()
+        calibrate, self.int8_check = calibration.inputs(module, calibrate=not cached)
+        if cached:
+            self.int8_from_cache = True
+            return str(ir)
+        model = self._core_read(source)
+        quantised = _quantize(model, calibrate)
+        if ir is not None and self.cache_dir is not None:
+            self._save(quantised, ir)
+        self.quantize_s = time.perf_counter() - started
+        return quantised
+
+    @staticmethod
+    def _core_read(source: Any) -> Any:
+        import openvino as ov
+
+        return ov.Core().read_model(source) if isinstance(source, str) else source.clone()
 
     def _example(self) -> torch.Tensor:
         return torch.randn(2, *self.input_shape, generator=torch.Generator().manual_seed(0))
@@ -177,12 +260,11 @@ class OpenVINORuntime:
             self._static = {}
             try:
                 for precision, dynamic in self._requests.items():
-                    source = self._source
-                    model = self._core.read_model(source) if isinstance(source, str) else source.clone()
+                    model = self._core_read(self._sources[precision])
                     model.reshape([batch_size, *self.input_shape])
                     request = self._core.compile_model(model, "CPU", self._config(precision)).create_infer_request()
                     got, want = (torch.from_numpy(r.infer([batch], share_inputs=True)[0]) for r in (request, dynamic))
-                    if relative_error(got, want) > TOLERANCES[precision]:
+                    if relative_error(got, want) > TOLERANCES.get(precision, STATIC_INT8_TOLERANCE):
                         raise ValueError(f"the static {precision} model disagrees with the dynamic one")
                     self._static[precision, batch_size] = request
             except Exception as exc:  # noqa: BLE001 - the dynamic models still serve every size

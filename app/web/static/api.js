@@ -86,7 +86,11 @@ export function createApi({ baseUrl = new URL(".", window.location.href).href, a
 
     /**
      * POST /v1/explain and follow its event stream; resolves with the final result.
-     * onProgress(done, total) is called for every progress event.
+     * onProgress(done, total, partialMaps) is called for every progress event. With
+     * options.partialMaps (Score-CAM), the events where a map is due carry partialMaps:
+     * [{class_index, height, width, values}], each class's map so far at the layer's resolution
+     * (values row-major in [0, 1]; see drawPartialMap in heatmap.js); otherwise it is [].
+     * options.partialMapsEvery: the share of the masked forwards between two maps (server default 0.1).
      */
     async explain(file, options = {}, onProgress = () => {}, signal = undefined) {
       const form = formOf(file, {
@@ -97,6 +101,8 @@ export function createApi({ baseUrl = new URL(".", window.location.href).href, a
         layer: options.layer,
         max_channels: options.maxChannels,
         outputs: options.outputs || "heatmap",
+        partial_maps: options.partialMaps ? "true" : undefined,
+        partial_maps_every: options.partialMaps ? options.partialMapsEvery : undefined,
       });
       const response = await request("v1/explain", {
         method: "POST",
@@ -108,7 +114,7 @@ export function createApi({ baseUrl = new URL(".", window.location.href).href, a
       if (!type.includes("text/event-stream")) return response.json(); // a server that does not stream
       for await (const { event, data } of readEvents(response)) {
         const payload = data ? JSON.parse(data) : {};
-        if (event === "progress") onProgress(payload.done, payload.total);
+        if (event === "progress") onProgress(payload.done, payload.total, payload.partial_maps || []);
         else if (event === "result") return payload;
         else if (event === "error") throw errorFromBody(payload, 500);
       }

@@ -2,7 +2,7 @@
 // Everything it knows about the service comes from the public /v1 API.
 
 import { ApiError, createApi, describeError } from "./api.js";
-import { drawHeatmap } from "./heatmap.js";
+import { drawHeatmap, drawPartialMap } from "./heatmap.js";
 
 const $ = (id) => document.getElementById(id);
 const METHOD_NAMES = { scorecam: "Score-CAM", gradcam: "Grad-CAM", "gradcam++": "Grad-CAM++", "recipro-cam": "Recipro-CAM" };
@@ -48,13 +48,9 @@ async function loadModels() {
 }
 
 async function modelChanged() {
-  const model = state.models.find((m) => m.name === $("model").value);
+  const model = currentModel();
   if (!model) return;
-  const layer = $("layer");
-  layer.replaceChildren(
-    new Option(`model default (${model.target_layer})`, ""),
-    ...(model.layers || []).map((name) => new Option(name, name)),
-  );
+  fillLayers(model);
   state.labels = [];
   try {
     state.labels = (await api().labels(model.name)) || [];
@@ -62,6 +58,28 @@ async function modelChanged() {
     showError(err);
   }
   fillLabels(state.labels.map((label, index) => ({ class_index: index, label })));
+}
+
+function currentModel() {
+  return state.models.find((m) => m.name === $("model").value);
+}
+
+/** The layers the chosen method can explain: Recipro-CAM only those with a head
+ * (`recipro_layers` of GET /v1/models), the other methods every layer. Keeps the choice when
+ * it is still offered. */
+function fillLayers(model) {
+  const layer = $("layer");
+  const kept = layer.value;
+  const recipro = $("method").value === "recipro-cam";
+  const names = (recipro ? model.recipro_layers : model.layers) || [];
+  const options = names.map((name) => new Option(name, name));
+  if (!recipro || names.includes(model.target_layer)) {
+    options.unshift(new Option(`model default (${model.target_layer})`, ""));
+  } else if (!names.length) {
+    options.push(Object.assign(new Option("no layer of this model supports Recipro-CAM", ""), { disabled: true }));
+  }
+  layer.replaceChildren(...options);
+  if (options.some((o) => o.value === kept && !o.disabled)) layer.value = kept;
 }
 
 /** Fill the class picker; without a label list, the latest predictions are the suggestions. */
@@ -145,6 +163,40 @@ function setProgress(done, total) {
   $("progress-text").textContent = total ? `${done} / ${total} masks` : "starting…";
 }
 
+// ---- the map so far, while Score-CAM streams ----------------------------------------------
+
+/** Draw each class's partial map over the image; the heatmap sharpens as the forwards go. */
+function showPartialMaps(maps, done, total) {
+  const live = $("live");
+  const preview = $("preview");
+  for (const map of maps) {
+    let figure = live.querySelector(`figure[data-class-index="${map.class_index}"]`);
+    if (!figure) {
+      figure = Object.assign(document.createElement("figure"), { className: "live-map" });
+      figure.dataset.classIndex = map.class_index;
+      const stack = Object.assign(document.createElement("div"), { className: "stack" });
+      const img = Object.assign(document.createElement("img"), { src: state.imageUrl, alt: "the uploaded image" });
+      const canvas = document.createElement("canvas");
+      stack.append(img, canvas);
+      figure.append(stack, document.createElement("figcaption"));
+      live.append(figure);
+    }
+    const label = state.labels[map.class_index] || `class ${map.class_index}`;
+    const canvas = figure.querySelector("canvas");
+    canvas.setAttribute("aria-label", `Score-CAM heatmap of ${label} so far`);
+    drawPartialMap(canvas, map, preview.naturalWidth || map.width, preview.naturalHeight || map.height);
+    figure.querySelector("figcaption").textContent = `${label} · so far, ${done} / ${total} masks`;
+    figure.dataset.done = String(done);
+  }
+  live.hidden = false;
+}
+
+/** The final result replaces the maps so far. */
+function clearLive() {
+  $("live").hidden = true;
+  $("live").replaceChildren();
+}
+
 async function explain(event) {
   event.preventDefault();
   if (!state.file) return;
@@ -154,22 +206,36 @@ async function explain(event) {
   state.running = controller;
   $("explain").disabled = true;
   setProgress(0, 0);
+  clearLive();
   try {
     const opts = options();
     const client = api();
     const methods = [opts.method];
     if ($("compare").checked && opts.method !== "gradcam") methods.push("gradcam");
     // Every method runs on the same classes: the same model ranks them the same way.
+    // The first stream drives the progress bar; for Score-CAM it also brings the maps so far.
+    const onProgress = (done, total, maps) => {
+      if (state.running !== controller) return; // a newer explanation took over the page
+      setProgress(done, total);
+      if (maps.length) showPartialMaps(maps, done, total);
+    };
     const results = await Promise.all(
       methods.map((method, i) =>
-        client.explain(state.file, { ...opts, method }, i === 0 ? setProgress : () => {}, controller.signal),
+        client.explain(
+          state.file,
+          { ...opts, method, partialMaps: i === 0 && method === "scorecam" },
+          i === 0 ? onProgress : () => {},
+          controller.signal,
+        ),
       ),
     );
     await showResults(methods, results);
+    clearLive();
     $("progress-text").textContent = "done";
   } catch (err) {
     if (err.name !== "AbortError") showError(err);
     $("progress").hidden = true;
+    if (state.running === controller) clearLive();
   } finally {
     if (state.running === controller) state.running = null;
     $("explain").disabled = !state.file;
@@ -248,6 +314,8 @@ function start() {
   $("model").addEventListener("change", modelChanged);
   $("method").addEventListener("change", () => {
     $("compare").disabled = $("method").value === "gradcam";
+    const model = currentModel();
+    if (model) fillLayers(model);
   });
   $("class").addEventListener("focus", () => {
     document.querySelector('input[name="target"][value="class"]').checked = true;

@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from scorecam_client.aio import AsyncScoreCamClient
 from scorecam_client.errors import ApiError, ScoreCamClientError
-from scorecam_client.events import Progress
+from scorecam_client.events import PartialMap, Progress
 from scorecam_client.heatmaps import heatmap_array, heatmap_image, png_image, raw_array
 from scorecam_client.images import ImageInput
 from scorecam_client.models import (
@@ -48,6 +48,7 @@ __all__ = [
     "MetricsOut",
     "ModelEntry",
     "ModelList",
+    "PartialMap",
     "PredictOptions",
     "PredictResponse",
     "PredictionOut",

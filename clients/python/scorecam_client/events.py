@@ -6,7 +6,9 @@ Framing is httpx-sse's; this module only gives the service's events (``queued``,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx_sse
 
@@ -17,11 +19,44 @@ EVENT_STREAM = "text/event-stream"
 
 
 @dataclass(frozen=True)
+class PartialMap:
+    """A class's Score-CAM map so far, at the target layer's resolution (``height`` × ``width``).
+
+    ``values`` are the map's ``height * width`` values in [0, 1], row-major: the channels forwarded
+    so far, weighted and normalised as the final map is. Upsampled to the image, it sharpens
+    towards the final heatmap as the forwards go (the server forwards the channels of largest
+    variance first).
+    """
+
+    class_index: int
+    height: int
+    width: int
+    values: tuple[float, ...]
+
+    def rows(self) -> list[list[float]]:
+        """The map as ``height`` rows of ``width`` values (``numpy.asarray(m.rows())`` gives an array)."""
+        return [list(self.values[r * self.width : (r + 1) * self.width]) for r in range(self.height)]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PartialMap:
+        height, width = int(data["height"]), int(data["width"])
+        values = tuple(float(v) for v in data["values"])
+        if len(values) != height * width:
+            raise ValueError(f"a partial map of {height}x{width} needs {height * width} values, got {len(values)}")
+        return cls(int(data["class_index"]), height, width, values)
+
+
+@dataclass(frozen=True)
 class Progress:
-    """One progress event of a streamed explanation: ``done`` of ``total`` forward passes."""
+    """One progress event of a streamed explanation: ``done`` of ``total`` forward passes.
+
+    With ``partial_maps=True`` the events where a map is due also carry each explained class's
+    map so far (``partial_maps``); the others, and every event without the option, carry none.
+    """
 
     done: int
     total: int
+    partial_maps: tuple[PartialMap, ...] = ()
 
     @property
     def fraction(self) -> float:
@@ -32,7 +67,8 @@ def stream_item(event: httpx_sse.ServerSentEvent) -> Progress | ExplainResponse 
     """One server event -> what the iterator yields; ``error`` events raise ApiError."""
     if event.event == "progress":
         data = event.json()
-        return Progress(int(data["done"]), int(data["total"]))
+        maps = tuple(PartialMap.from_json(m) for m in data.get("partial_maps") or ())
+        return Progress(int(data["done"]), int(data["total"]), maps)
     if event.event == "result":
         return ExplainResponse.model_validate_json(event.data)
     if event.event == "error":

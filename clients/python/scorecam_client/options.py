@@ -55,6 +55,12 @@ class ExplainOptions(_Options):
     max_channels: int | None = Field(default=None, ge=1, description="Faster Score-CAM: the k highest-variance channels.")
     metrics: bool | None = Field(default=None, description="Faithfulness metrics per explanation (2n+1 forwards).")
     metrics_step: float | None = Field(default=None, gt=0, le=0.5)
+    partial_maps: bool | None = Field(
+        default=None, description="Streamed only: progress events carry the Score-CAM map so far (``Progress.partial_maps``)."
+    )
+    partial_maps_every: float | None = Field(
+        default=None, gt=0, le=1, description="Share of the masked forwards between two partial maps (server default 0.1)."
+    )
 
     @field_validator("classes", "outputs", mode="before")
     @classmethod

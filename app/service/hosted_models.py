@@ -1,7 +1,7 @@
-"""The models this process serves: loaded once, kept warm on the device, described for the API.
+"""The models the worker process serves: loaded once, kept warm on the device.
 
-Only the worker thread runs their code; the event loop reads the descriptions (names, layers,
-sizes), which never change after loading.
+Only the worker process's main thread runs their code; the HTTP process sees them as
+``ModelInfo`` descriptions (app/service/model_catalog.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,27 @@ class ModelSource(Protocol):
 
     def names(self) -> list[str]: ...
 
+    def entry(self, name: str) -> Any:
+        """The entry for ``name`` (also names built on demand, "timm/<model>"); UnknownModel if none."""
+        ...
+
     def load(self, name: str, weights: Any = "default", allow_download: bool = False) -> LoadedModel: ...
+
+
+def default_model_source(settings: Any) -> ModelSource:
+    """The model zoo's registry plus the configured bring-your-own models (fails fast on a bad config)."""
+    from app.models import default_registry
+
+    registry = default_registry()
+    for config in settings.custom_models:
+        registry.register_custom(config)
+    return registry  # type: ignore[return-value]
+
+
+def check_model_names(source: ModelSource, names: list[str]) -> None:
+    """Fail fast at start-up on a model name the registry does not know (UnknownModel)."""
+    for name in names:
+        source.entry(name)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,21 +136,6 @@ class ServedModel:
             self._cams.move_to_end(key)
         return cam
 
-    def describe(self) -> dict[str, Any]:
-        """The API's model entry."""
-        return {
-            "name": self.name,
-            "default": self.is_default,
-            "device": str(self.inference.device),
-            "precision": self.inference.precision,
-            "runtime": self.inference.runtime_name,
-            "input_size": self.input_size,
-            "num_classes": self.num_classes,
-            "target_layer": self.loaded.default_layer,
-            "layers": list(self.layers),
-            "recipro_layers": self.loaded.recipro_layers(),
-        }
-
 
 def measure_locations(inference: InferenceModel, layers: list[str], input_size: int) -> dict[str, int]:
     """h·w of each layer's feature map at the model's input size (one forward, when there are layers)."""
@@ -181,16 +186,6 @@ class ModelStore:
         self.cache_dir = cache_dir
         self._models: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
-
-    def check_names(self) -> None:
-        """Fail fast at start-up on a model name the registry does not know."""
-        entry = getattr(self.source, "entry", None)
-        known = self.source.names()
-        for name in self.names:
-            if callable(entry):
-                entry(name)  # also accepts names a registry builds on demand ("timm/<model>")
-            elif name not in known:
-                raise UnknownModel(name, known)
 
     def load_all(self) -> None:
         """Build every configured model on the device (idempotent: a restart reuses them)."""

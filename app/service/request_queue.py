@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from app.errors import Cancelled, DeadlineExceeded, InvalidOption, QueueFull, ScoreCamError, ServiceUnavailable
-from app.service.metric_jobs import METRICS_PRECISION
+from app.service.faithfulness_jobs import METRICS_PRECISION
 from app.service.throughput import Throughput
 from app.service.work import Demand, WorkItem
 

@@ -13,9 +13,9 @@ import base64
 import io
 from dataclasses import dataclass
 
+from typing import Any
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from app.errors import ImageTooLarge
@@ -34,14 +34,32 @@ class RawMap:
     data: str
 
 
-def resize_map(cam: torch.Tensor, width: int, height: int) -> np.ndarray:
-    """[h, w] map in [0, 1] -> float32 [height, width] in [0, 1] (bilinear, corners not aligned)."""
-    cam = cam.detach().to("cpu", torch.float32)
-    if cam.shape != (height, width):
-        cam = F.interpolate(cam[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-    array = cam.numpy()
+def resize_map(cam: Any, width: int, height: int) -> np.ndarray:
+    """[h, w] map in [0, 1] -> float32 [height, width] in [0, 1] (bilinear, corners not aligned).
+
+    The same numbers as ``torch.nn.functional.interpolate(..., mode="bilinear",
+    align_corners=False)`` (same source coordinates, same weights, same float32 grouping) in
+    numpy, so the HTTP process renders without running torch. ``cam``: an array or a CPU tensor.
+    """
+    if hasattr(cam, "detach"):  # a torch tensor (the library's CamResult.map)
+        cam = cam.detach().cpu().numpy()
+    array = np.array(cam, dtype=np.float32)  # a copy: clipped in place below
+    if array.shape != (height, width):
+        rows0, rows1, row_w = _axis_weights(array.shape[0], height)
+        cols0, cols1, col_w = _axis_weights(array.shape[1], width)
+        across = (1 - col_w) * array[:, cols0] + col_w * array[:, cols1]  # [h, width]
+        array = (1 - row_w)[:, None] * across[rows0] + row_w[:, None] * across[rows1]
     np.nan_to_num(array, copy=False, nan=0.0)
     return np.clip(array, 0.0, 1.0, out=array)
+
+
+def _axis_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (i0, i1) and weight of i1 per output index: src = (i + 0.5) * in / out - 0.5, >= 0."""
+    scale = np.float32(size_in / size_out)
+    src = np.maximum((np.arange(size_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0))
+    first = np.minimum(src.astype(np.int64), size_in - 1)
+    second = np.minimum(first + 1, size_in - 1)
+    return first, second, (src - first).astype(np.float32)
 
 
 def jet(values: np.ndarray) -> np.ndarray:

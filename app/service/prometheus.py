@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import resource
-import sys
-from collections.abc import Callable
-
-import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-
-
-def process_memory_bytes() -> float:
-    """Peak resident memory of the process (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return float(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def device_memory_reader(device: torch.device) -> Callable[[], float]:
-    """Bytes allocated on the device: CUDA's allocator, or the process's memory on the CPU."""
-    if device.type == "cuda":
-        return lambda: float(torch.cuda.memory_allocated(device))
-    return process_memory_bytes
 
 
 class ServiceMetrics:
@@ -57,7 +39,7 @@ class ServiceMetrics:
             ["reason"],
             registry=r,
         )
-        self.worker_restarts = Counter("scorecam_worker_restarts", "Times the worker thread was restarted.", registry=r)
+        self.worker_restarts = Counter("scorecam_worker_restarts", "Times the worker process was restarted.", registry=r)
         self.oom_splits = Counter(
             "scorecam_oom_splits",
             "Forward batches halved after the device ran out of memory, by model.",
@@ -66,16 +48,21 @@ class ServiceMetrics:
         )
         self.ready = Gauge("scorecam_ready", "1 when the service accepts work.", registry=r)
         self.device_memory = Gauge(
-            "scorecam_device_memory_bytes", "Memory in use on the device (peak RSS on the CPU).", ["device"], registry=r
+            "scorecam_device_memory_bytes",
+            "Memory in use on the device (the worker process's peak RSS on the CPU), as of its last batch.",
+            ["device"],
+            registry=r,
         )
+        self._device = "cpu"
 
-    def watch_device(self, device: torch.device) -> None:
-        """Read the device's memory at scrape time."""
-        self.device_memory.labels(device=str(device)).set_function(device_memory_reader(device))
+    def watch_device(self, device: str) -> None:
+        """The device the worker reports memory for (its label)."""
+        self._device = device
 
-    def observe_oom_split(self, model: str, batch_size: int) -> None:
-        """Called by the engine (worker thread) after it halved a batch to ``batch_size``."""
-        self.oom_splits.labels(model=model).inc()
+    def observe_device_memory(self, value: float) -> None:
+        """The worker process's report after a batch."""
+        if value:
+            self.device_memory.labels(device=self._device).set(value)
 
     def observe_batch(self, kind: str, size: int) -> None:
         self.batch_size.labels(kind=kind).observe(size)
