@@ -113,8 +113,19 @@ class InferenceModel:
         if self.auto_batch:
             side = input_size or self.input_size
             resolved = resolve_precision(precision or self.precision, self.device)
-            chosen = measure_best_batch_size(lambda b: self._forward(b, resolved), self.device, side)
-            if chosen != self.batch_size:
+            prepared: list[int] = []
+
+            def forward(batch: torch.Tensor) -> torch.Tensor:
+                # Each candidate is measured as it would run once chosen (OpenVINO compiles a
+                # static shape for the chosen size): measuring the sizes against one prepared
+                # size favoured that size, and a choice then confirmed itself round after round.
+                if not prepared or prepared[-1] != batch.shape[0]:
+                    self.runtime.prepare(batch.shape[0])
+                    prepared.append(batch.shape[0])
+                return self._forward(batch, resolved)
+
+            chosen = measure_best_batch_size(forward, self.device, side)
+            if not prepared or prepared[-1] != chosen:
                 self.runtime.prepare(chosen)
             self.batch_size = chosen
             log.info("batch size %d chosen for %s", self.batch_size, self.device)
