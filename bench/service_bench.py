@@ -54,7 +54,7 @@ from bench.serving import ServerProcess  # noqa: E402
 
 SAMPLES = REPO.parent / "shared" / "eval" / "imagenet-samples"
 # app/service/warmup.py's line once a model is warm: "model M ready on cpu: runtime R, precision P, batch size N"
-WARM_LINE = re.compile(r"model (\S+?):? (?:ready|warm) on \S+?:? .*?runtime (\w+), precision (\w+), batch size (\d+)")
+WARM_LINE = re.compile(r"model (\S+?):? (?:ready|warm) (?:in worker process \d+ )?on \S+?:? .*?runtime (\w+), precision (\w+), batch size (\d+)")
 
 
 # ---- the baseline server ------------------------------------------------------------------

@@ -131,6 +131,11 @@ class InferenceModel:
             log.info("batch size %d chosen for %s", self.batch_size, self.device)
         return self.batch_size
 
+    def use_batch_size(self, size: int) -> None:
+        """Run full batches of ``size`` from now on (the runtime prepares for that shape)."""
+        self.runtime.prepare(size)
+        self.batch_size = size
+
     def _probe(self) -> torch.Tensor:
         return torch.empty(0, 3, self.input_size, self.input_size, device=self.device)
 

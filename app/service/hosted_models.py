@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import torch
 from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel, ReciproCAM, ScoreCAM
 from app.cam.base import BaseCAM
 from app.cam.precision import native_precisions
-from app.errors import UnknownLayer, UnknownModel
+from app.errors import UnknownModel
 from app.models.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,6 @@ class ServedModel:
     inference: InferenceModel
     is_default: bool
     layers: list[str]
-    layer_set: frozenset[str]
     layer_channels: dict[str, int] = field(default_factory=dict)
     layer_locations: dict[str, int] = field(default_factory=dict)  # h·w of each Recipro-CAM layer
     _cams: OrderedDict[tuple[Any, ...], BaseCAM] = field(default_factory=OrderedDict)
@@ -79,36 +77,6 @@ class ServedModel:
     @property
     def input_size(self) -> int:
         return self.loaded.preprocessing.input_size
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.loaded.labels)
-
-    def label(self, index: int) -> str:
-        return self.loaded.labels[index]
-
-    def check_layer(self, layer: str | None) -> str:
-        """The layer to explain: the default, or a valid name (UnknownLayer lists close ones)."""
-        if layer is None:
-            return self.loaded.default_layer
-        if layer not in self.layer_set:
-            raise UnknownLayer(layer, self.layers)
-        return layer
-
-    def channels_estimate(self, layer: str) -> int:
-        """Masked forwards a full Score-CAM on ``layer`` may need (learned from past runs)."""
-        if layer in self.layer_channels:
-            return self.layer_channels[layer]
-        known = list(self.layer_channels.values())
-        return max(known) if known else 1024
-
-    def check_recipro_layer(self, layer: str) -> None:
-        """UnsupportedLayer (listing the layers that work) when ``layer`` has no head."""
-        self.loaded.head(layer)
-
-    def locations(self, layer: str) -> int:
-        """Head evaluations Recipro-CAM needs at ``layer`` (h·w, measured at load)."""
-        return self.layer_locations.get(layer, max(self.layer_locations.values(), default=1024))
 
     def recipro_cam(self, layer: str, precision: str | None) -> ReciproCAM:
         key = ("recipro-cam", layer, precision)
@@ -159,7 +127,7 @@ def measure_locations(inference: InferenceModel, layers: list[str], input_size: 
 
 
 class ModelStore:
-    """Loads the configured models (in the worker thread) and looks them up by name."""
+    """Loads the configured models in the worker process and looks them up by name (one thread uses it)."""
 
     def __init__(
         self,
@@ -185,7 +153,6 @@ class ModelStore:
         self.runtime = runtime  # of the masked forwards (app/cam/runtimes): auto, torch, openvino
         self.cache_dir = cache_dir
         self._models: dict[str, ServedModel] = {}
-        self._lock = threading.Lock()
 
     def load_all(self) -> None:
         """Build every configured model on the device (idempotent: a restart reuses them)."""
@@ -214,30 +181,22 @@ class ModelStore:
                 )
             layers = loaded.layer_names()
             locations = measure_locations(inference, loaded.recipro_layers(), loaded.preprocessing.input_size)
-            with self._lock:
-                self._models[name] = ServedModel(
-                    name=name,
-                    loaded=loaded,
-                    inference=inference,
-                    is_default=name == self.default,
-                    layers=layers,
-                    layer_set=frozenset(layers),
-                    layer_locations=locations,
-                )
-
-    @property
-    def loaded(self) -> bool:
-        return all(name in self._models for name in self.names)
+            self._models[name] = ServedModel(
+                name=name,
+                loaded=loaded,
+                inference=inference,
+                is_default=name == self.default,
+                layers=layers,
+                layer_locations=locations,
+            )
 
     def get(self, name: str | None) -> ServedModel:
         """The named model (or the default); UnknownModel lists the served names."""
         key = name or self.default
-        with self._lock:
-            model = self._models.get(key)
+        model = self._models.get(key)
         if model is None:
             raise UnknownModel(key, self.names)
         return model
 
     def all(self) -> list[ServedModel]:
-        with self._lock:
-            return [self._models[n] for n in self.names if n in self._models]
+        return [self._models[n] for n in self.names if n in self._models]

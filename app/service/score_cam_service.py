@@ -87,7 +87,6 @@ class ScoreCamService:
     async def start(self) -> None:
         """Check the model names (fail fast), then load and warm up in the worker process."""
         check_model_names(self.source or default_model_source(self.settings), self.catalog.names)
-        self.metrics.watch_device(self.settings.device)
         self.supervisor.start()
 
     def begin_drain(self) -> None:
@@ -159,7 +158,7 @@ class ScoreCamService:
         limit = min(model.num_classes, self.settings.max_top_k)
         if not 1 <= top_k <= limit:
             raise InvalidOption(f"top_k must be between 1 and {limit}, got {top_k}")
-        pixels = await asyncio.to_thread(lambda: np.asarray(model.preprocessing.eval_image(image)))
+        pixels = await resized_pixels(model.preprocessing.eval_image, image)
         output: PredictOutput = await self._run(self._item("predict", model.name, pixels, cost=1, top_k=top_k))
         predictions = top_predictions(model, output.probabilities, top_k)
         timing = Timing(output.queue_ms, output.compute_ms, (time.monotonic() - started) * 1000.0)
@@ -179,7 +178,7 @@ class ScoreCamService:
                 raise InvalidOption("the input tensor holds NaN or infinite values")
             x = np.ascontiguousarray(source, dtype=np.float32)
         else:
-            x = await asyncio.to_thread(lambda: np.asarray(model.preprocessing.eval_image(source)))
+            x = await resized_pixels(model.preprocessing.eval_image, source)
         output: PredictOutput = await self._run(self._item("predict", model.name, x, cost=1, top_k=1))
         return output.probabilities
 
@@ -203,7 +202,7 @@ class ScoreCamService:
             plan = plan_explain(self.catalog, self.settings, self.scheduler, plan)
         outputs = plan.spec.outputs
         check_output_size(image.width, image.height, plan.explained, len(outputs), self.settings.max_output_pixels)
-        pixels = await asyncio.to_thread(lambda: np.asarray(plan.model.preprocessing.full_image(image)))
+        pixels = await resized_pixels(plan.model.preprocessing.full_image, image)
         item = self._item(plan.kind, plan.model.name, pixels, cost=plan.cost, spec=plan.job, metric_forwards=plan.metric_cost, progress=progress)
         self._submit(item)
         return PendingExplanation(self, item, plan, image, started)
@@ -259,6 +258,11 @@ class ScoreCamService:
     async def _run(self, item: WorkItem) -> Any:
         self._submit(item)
         return await self.wait(item)
+
+
+async def resized_pixels(view: Callable[[Image.Image], Image.Image], image: Image.Image) -> np.ndarray:
+    """The model's view of an image (Pillow, in the thread pool) as uint8 pixels [S, S, 3] for the worker."""
+    return await asyncio.to_thread(lambda: np.asarray(view(image)))
 
 
 class PendingExplanation:

@@ -42,13 +42,12 @@ def warm_up(
         started = time.monotonic()
         known = (batch_sizes or {}).get(model.name)
         if known is not None and explain_batch_size is None:
-            model.inference.batch_size = known
-            model.inference.runtime.prepare(known)
+            model.inference.use_batch_size(known)
         elif tune_batch_size and explain_batch_size is None:
             tune_until_stable(model)
         warm_model(model, max_channels, explain_batch_size)
         seconds[model.name] = time.monotonic() - started
-        log.info(
+        log.debug(  # the HTTP process logs it at INFO, with the worker's pid
             "model %s ready on %s: runtime %s, precision %s, batch size %d, warm-up %.1f s",
             model.name,
             model.inference.device,
@@ -76,8 +75,7 @@ def tune_until_stable(model: ServedModel) -> int:
         if len(choices) >= 2 and choices[-1] == choices[-2]:
             break
     chosen = choices[-1]
-    model.inference.batch_size = chosen
-    model.inference.runtime.prepare(chosen)
+    model.inference.use_batch_size(chosen)
     log.info("model %s: masked batch sizes measured fastest %s, keeping %d", model.name, choices, chosen)
     return chosen
 
@@ -90,8 +88,7 @@ def fastest_masked_batch(model: ServedModel) -> int:
     candidates = CUDA_CANDIDATES if model.inference.device.type == "cuda" else CPU_CANDIDATES
     best, best_cost = candidates[0], float("inf")
     for size in candidates:
-        model.inference.batch_size = size
-        model.inference.runtime.prepare(size)
+        model.inference.use_batch_size(size)
         job = cam.start(x, None)
         try:
             run_batch(fill_batch([job], size))  # warm: first call of this shape

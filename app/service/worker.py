@@ -96,6 +96,8 @@ class Worker:
             self._link_started.set()
             infos = self.link.call("warm_up")
             self.catalog.update(infos)  # type: ignore[arg-type]
+            if infos:  # the device as resolved ("auto" -> "cpu" or "cuda:0"), for the memory gauge's label
+                self.metrics.watch_device(infos[0].device)  # type: ignore[index]
             for info in infos:  # type: ignore[attr-defined]
                 log.info(
                     "model %s ready in worker process %s on %s: runtime %s, precision %s, batch size %d, warm-up %.1f s",

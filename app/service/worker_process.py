@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import resource
 import signal
 import sys
 import time
@@ -65,7 +66,6 @@ class WorkerConfig:
     tune_batch_size: bool
     warmup_max_channels: int
     log_level: str = "info"
-    torch_threads: int | None = None
 
 
 class HostedJob:
@@ -191,8 +191,6 @@ class DeviceHost:
         device = self.store.device
         if device.type == "cuda":
             return float(torch.cuda.memory_allocated(device))
-        import resource
-
         return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
     # ---- predictions -----------------------------------------------------------------------
@@ -340,8 +338,6 @@ def serve(conn: Connection, source: ModelSource | None, settings: Any, config: W
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(config.log_level)
     tune_malloc()  # this process is the service's own: no page faults per masked batch (app/allocator.py)
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
     if source is None:
         from app.service.hosted_models import default_model_source
 
