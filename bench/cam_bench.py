@@ -3,7 +3,8 @@
 CPU (default): the embedded EfficientNet-Lite0 at `bn2` on photos of
 ../shared/eval/imagenet-samples (224×224), pytorch-grad-cam ScoreCAM (batch_size 32) against
 this engine on each runtime (torch eager; OpenVINO where installed) × each precision the CPU
-computes natively (fp32; bf16 with AVX512-BF16/AMX), auto batch size. Each map is compared
+computes natively (fp32; bf16 with AVX512-BF16/AMX), the batch size chosen as the service's
+warm-up chooses it (Score-CAM batches timed, app/cam/masked_batch_tuning.py). Each map is compared
 (Pearson) with the float64 one-channel-at-a-time reference of tests/cam/reference.py. Every row
 also gets the runtime's own plain forward throughput at the same batch size and precision (the
 ceiling), the engine's share of it, and the minor page faults of one explanation. The allocator
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.allocator import tune_malloc  # noqa: E402
 from app.cam import InferenceModel, ScoreCAM  # noqa: E402
+from app.cam.masked_batch_tuning import tune_masked_batch_size  # noqa: E402
 import app.cam.score_cam as score_cam_module  # noqa: E402
 from app.cam.precision import DECIDING_CPU_FLAGS, cpu_flags, native_precisions  # noqa: E402
 from app.cam.runtimes import openvino_version  # noqa: E402
@@ -94,6 +96,7 @@ def run_peer(module: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, c
 def plain_forward_rate(model: InferenceModel, side: int, precision: str, seconds: float = 3.0) -> float:
     """Images per second of the runtime alone (random batches), at the engine's batch size and precision."""
     batch = torch.randn(model.batch_size, 3, side, side, device=model.device)
+    batch = batch.contiguous(memory_format=model.input_format(precision))  # as the engine builds its inputs
     model.forward_masked(batch, precision)
     sync(model.device)
     count, start = 0, time.perf_counter()
@@ -182,8 +185,9 @@ def main() -> None:
     ref_n = (args.images if device.type == "cpu" else 0) if args.reference_images is None else args.reference_images
 
     modes, default_mode = build_modes(loaded.module, device, side, args.torch_compile)
-    for model in modes.values():
-        model.tune_batch_size(side)
+    for mode, model in modes.items():
+        _, choices = tune_masked_batch_size(ScoreCAM(model, layer))  # as the service's warm-up chooses
+        print(f"({mode}: masked batch sizes measured fastest {choices})", file=sys.stderr)
         ScoreCAM(model, layer, max_channels=8)(images[0].to(device))  # untimed: first-call costs, heap growth
 
     rows: dict[str, dict[str, list[float]]] = {m: defaultdict(list) for m in [*modes, "pytorch-grad-cam"]}

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Method = Literal["scorecam", "gradcam", "gradcam++", "recipro-cam"]
 Output = Literal["heatmap", "overlay", "raw"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 Weighting = Literal["probability", "channel-softmax"]
 
 

@@ -18,6 +18,7 @@ import copy
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ from app.cam.precision import resolve_precision
 from app.cam.runtimes import Runtime, TorchRuntime, check_runtime_name, choose_runtime, default_cache_dir
 from app.cam.runtimes.calibration import Calibration
 from app.cam.runtimes.choice import INT8_ON_TORCH
+from app.cam.runtimes.threads import torch_threads
 from app.errors import InvalidOption
 
 log = logging.getLogger(__name__)
@@ -145,10 +147,35 @@ class InferenceModel:
         return self.runtime.name if self.runtime.accepts(self._probe(), self.precision) else self.torch_runtime.name
 
     @property
+    def served_precision(self) -> str:
+        """The default precision as computed: ``precision``, except int8 where it is not served
+        (no nncf, quantisation failed, or it disagreed with torch at start): then fp32."""
+        if self.precision == "int8" and not self.runtime.accepts(self._probe(), "int8"):
+            return "fp32"
+        return self.precision
+
+    @property
     def precisions(self) -> tuple[str, ...]:
         """The precisions masked forwards may ask for: torch's three, and int8 when built with it
         (served in int8 where it agreed with torch, else in fp32)."""
         return ("fp32", "bf16", "fp16") + (("int8",) if self.int8_requested else ())
+
+    def serving(self, precision: str | None = None) -> Runtime:
+        """The runtime that serves masked forwards in ``precision`` at the model's input size."""
+        resolved = resolve_precision(precision or self.precision, self.device)
+        if resolved == "int8" and not self.runtime.accepts(self._probe(), "int8"):
+            resolved = "fp32"
+        return self.runtime if self.runtime.accepts(self._probe(), resolved) else self.torch_runtime
+
+    def input_format(self, precision: str | None = None) -> torch.memory_format:
+        """The memory layout masked inputs should be built in: the one the serving runtime takes
+        without a copy."""
+        return self.serving(precision).memory_format
+
+    def batch_loop(self, precision: str | None = None) -> AbstractContextManager[None]:
+        """Wrap the building and forwarding of masked batches in ``precision``: torch's threads
+        stand aside while a runtime with its own pool serves them (``runtimes/threads.py``)."""
+        return torch_threads(self.serving(precision).torch_threads)
 
     def _forward(self, batch: torch.Tensor, precision: str) -> torch.Tensor:
         if precision == "int8" and not self.runtime.accepts(batch, "int8"):

@@ -27,6 +27,7 @@ that runs out of memory is halved and retried, like Score-CAM's masked forwards 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +96,10 @@ class ReciproJob(BatchJob):
         """The head's fp32 logits, in the job's precision (fp32 runs without autocast), in slices
         that halve on out-of-memory like the masked forwards (`head_forward`)."""
         return head_forward(self.model, self._head_logits, inputs)
+
+    def batch_loop(self) -> AbstractContextManager[None]:
+        """The head runs on torch's own threads: nothing stands aside."""
+        return nullcontext()
 
     def _head_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(inputs.device, self.precision):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,6 +63,12 @@ class BatchJob(ABC):
         start = self.issued
         self.issued = min(self.total, start + max(1, n))
         return start, self.issued
+
+    def batch_loop(self) -> AbstractContextManager[None]:
+        """What building and running this group's batches is wrapped in: the model's
+        ``batch_loop`` for its masked forwards (torch's threads stand aside for a runtime with its
+        own pool); a job whose forwards run on torch (``forward`` overridden) overrides it too."""
+        return self.model.batch_loop(self.precision)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits of a batch of this group's inputs: the whole network by default (masked images);
@@ -130,7 +137,10 @@ def run_jobs(
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> None:
-    """Run every job to completion, reporting (masks done, masks total) after each batch."""
+    """Run every job to completion, reporting (masks done, masks total) after each batch.
+
+    The jobs share one group (one call's images); each batch is built and run inside its
+    ``batch_loop``."""
     total = sum(job.total for job in jobs)
     done = 0
     if progress is not None:
@@ -138,8 +148,9 @@ def run_jobs(
     while any(not job.exhausted for job in jobs):
         if cancelled is not None and cancelled():
             raise Cancelled(f"cancelled after {done} of {total} masked forwards")
-        chunks = fill_batch(jobs, batch_size())
-        run_batch(chunks)
+        with jobs[0].batch_loop():
+            chunks = fill_batch(jobs, batch_size())
+            run_batch(chunks)
         done += sum(len(c) for c in chunks)
         if progress is not None:
             progress(done, total)

@@ -53,6 +53,8 @@ class ScoreCamJob(BatchJob):
         self._class_index = torch.tensor(classes, device=cap.logits.device)
         self.scores = torch.zeros(plan.total, len(classes), device=cap.logits.device)
         self.recorded = torch.zeros(plan.total, dtype=torch.bool, device=cap.logits.device)
+        # the image in the runtime's layout, so every masked input is built in it (no copy per forward)
+        self._image = cap.input.contiguous(memory_format=cam.model.input_format(cam.precision))
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -61,7 +63,7 @@ class ScoreCamJob(BatchJob):
     def next_chunk(self, n: int) -> RowChunk:
         """Build the masked inputs of the next (at most) ``n`` unique maps, on the device."""
         start, stop = self.claim(n)
-        inputs = build_masked_inputs(self.capture.input, self.plan, start, stop)
+        inputs = build_masked_inputs(self._image, self.plan, start, stop)
         return RowChunk(self, start, stop, inputs)
 
     def record(self, chunk: RowChunk, logits: torch.Tensor) -> None:

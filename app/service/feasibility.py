@@ -130,18 +130,31 @@ def smallest_metrics_step(height: int, width: int, per_class: int) -> float | No
         step = shown * 1.001
 
 
-def check_precision(requested: str | None, default: str, device: torch.device | str) -> str:
+def check_precision(requested: str | None, default: str, device: torch.device | str, method: str = "scorecam") -> str:
     """The masked-forward precision a request runs at; refuses one the device only emulates.
 
     Emulated kernels run many times slower (fp16 on a CPU: about 35x bf16), so one such request
     would hold the worker for its whole deadline: refused (422) rather than priced. The model's
     configured default (SCORECAM_PRECISION) is the operator's choice and is not refused.
+
+    int8 is a quantised copy of the model made at start (SCORECAM_PRECISION=int8): a request may
+    ask for it only where the model serves it, and only for Score-CAM's masked forwards (the other
+    methods run on torch: a model whose default is int8 explains them in fp32).
     """
     device = torch.device(device)
     if requested is None or requested == "auto":
-        return resolve_precision(requested or default, device)
+        resolved = resolve_precision(requested or default, device)
+        return "fp32" if resolved == "int8" and method != "scorecam" else resolved
     if requested not in PRECISIONS:
         raise InvalidOption(f"unknown precision {requested!r}; valid values: {', '.join(PRECISIONS)}")
+    if requested == "int8":
+        if method != "scorecam":
+            raise InvalidOption(f"precision 'int8' applies to scorecam's masked forwards only, not {method}")
+        if default != "int8":
+            raise InvalidOption("precision 'int8' is served only by a model quantised at start "
+                                "(SCORECAM_PRECISION=int8, where it agrees with fp32); this one serves "
+                                f"{', '.join(native_precisions(device))}")
+        return requested
     native = native_precisions(device)
     if requested not in native:
         raise InvalidOption(

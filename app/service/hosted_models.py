@@ -19,6 +19,7 @@ import torch
 from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel, ReciproCAM, ScoreCAM
 from app.cam.base import BaseCAM
 from app.cam.precision import native_precisions
+from app.cam.runtimes import Calibration
 from app.errors import UnknownModel
 from app.models.loaded import LoadedModel
 
@@ -126,6 +127,12 @@ def measure_locations(inference: InferenceModel, layers: list[str], input_size: 
     return found
 
 
+def calibration_for(loaded: LoadedModel) -> Calibration:
+    """What int8 is calibrated on: scikit-image's photos through the model's own preprocessing,
+    masked by its default layer's maps (the inputs Score-CAM will forward)."""
+    return Calibration.from_photos(loaded.preprocessing.eval_tensor, loaded.default_layer)
+
+
 class ModelStore:
     """Loads the configured models in the worker process and looks them up by name (one thread uses it)."""
 
@@ -170,10 +177,11 @@ class ModelStore:
                 runtime=self.runtime,
                 cache_dir=self.cache_dir,
                 label=name,
+                calibration=calibration_for(loaded) if self.precision == "int8" else None,
             )
             if self.on_oom is not None:
                 inference.on_oom = functools.partial(self.on_oom, name)
-            if inference.precision not in native_precisions(self.device):
+            if inference.precision not in (*native_precisions(self.device), "int8"):
                 log.warning(
                     "model %s computes its masked forwards in %s, which %s only emulates (many times slower); "
                     "requests may not ask for it, and SCORECAM_PRECISION=auto picks a native one",

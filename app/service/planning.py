@@ -55,7 +55,7 @@ def plan_explain(catalog: ModelCatalog, settings: Settings, scheduler: Scheduler
     if spec.method == "recipro-cam":
         model.check_recipro_layer(layer)
     classes = check_classes(model, spec, settings.max_classes)
-    precision = check_precision(spec.precision, model.precision, model.device)
+    precision = check_precision(spec.precision, model.precision, model.device, spec.method)
     explained = len(classes) if classes else spec.top_k
     metric_cost = metric_forwards(model.input_size, model.input_size, spec.metrics_step, explained) if spec.metrics else 0
     mask_cost = explain_cost(model, spec, layer, explained)

@@ -3,9 +3,8 @@
 Loading, the batch-size measurement and one small explanation per model pay for lazy
 initialisation (kernels, allocator, folded copies, OpenVINO's compilation) before the first user
 request, and tell the queue how many channels a full explanation of the default layer costs.
-The batch size is measured here, on Score-CAM batches in the thread that will run every batch,
-so it is chosen in the conditions it is used in; a noisy machine can still flip a choice, so the
-measurement is repeated until two rounds agree.
+The batch size is measured here, on Score-CAM batches in the thread that will run every batch
+(``app.cam.masked_batch_tuning``), so it is chosen in the conditions it is used in.
 """
 
 from __future__ import annotations
@@ -16,12 +15,10 @@ import time
 import torch
 
 from app.cam import fill_batch, run_batch
-from app.cam.batch_size import CPU_CANDIDATES, CUDA_CANDIDATES
+from app.cam.masked_batch_tuning import tune_masked_batch_size
 from app.service.hosted_models import ModelStore, ServedModel
 
 log = logging.getLogger(__name__)
-TUNE_ROUNDS = 4
-MEASURED_MASKS = 64  # masked inputs timed per candidate batch size (at least three batches)
 
 
 def warm_up(
@@ -60,51 +57,12 @@ def warm_up(
 
 
 def tune_until_stable(model: ServedModel) -> int:
-    """The batch size whose Score-CAM batches run fastest, measured until two rounds agree.
-
-    Measured on what the worker will run: masked inputs built and forwarded a batch at a time
-    at the default layer, on the runtime and precision that serve them, in this thread. Plain
-    forwards of random batches do not rank the sizes the same way: on OpenVINO each batch also
-    pays a hand-over between torch's threads (which build the masks) and OpenVINO's, so small
-    batches cost more than their forwards (measured: batch 4 took 2.4 s per explanation where
-    batch 8 took 1.6 s, though their plain forwards differ by 12 %).
-    """
-    choices: list[int] = []
-    for _ in range(TUNE_ROUNDS):
-        choices.append(fastest_masked_batch(model))
-        if len(choices) >= 2 and choices[-1] == choices[-2]:
-            break
-    chosen = choices[-1]
-    model.inference.use_batch_size(chosen)
+    """The batch size whose Score-CAM batches at the default layer run fastest, in this thread
+    (``app.cam.masked_batch_tuning``: measured as the worker runs them, until two rounds agree)."""
+    cam = model.scorecam(model.loaded.default_layer, "probability", None, None)
+    chosen, choices = tune_masked_batch_size(cam)
     log.info("model %s: masked batch sizes measured fastest %s, keeping %d", model.name, choices, chosen)
     return chosen
-
-
-def fastest_masked_batch(model: ServedModel) -> int:
-    """One round: seconds per masked input of each candidate size; the cheapest."""
-    side = model.input_size
-    x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
-    cam = model.scorecam(model.loaded.default_layer, "probability", None, None)
-    candidates = CUDA_CANDIDATES if model.inference.device.type == "cuda" else CPU_CANDIDATES
-    best, best_cost = candidates[0], float("inf")
-    for size in candidates:
-        model.inference.use_batch_size(size)
-        job = cam.start(x, None)
-        try:
-            run_batch(fill_batch([job], size))  # warm: first call of this shape
-            measured, started = 0, time.perf_counter()
-            while measured < max(MEASURED_MASKS, 3 * size) and not job.exhausted:
-                chunks = fill_batch([job], size)
-                run_batch(chunks)
-                measured += sum(len(chunk) for chunk in chunks)
-            if model.inference.device.type == "cuda":
-                torch.cuda.synchronize(model.inference.device)
-            elapsed = time.perf_counter() - started
-        except torch.OutOfMemoryError:
-            break  # larger sizes would not fit either
-        if measured and elapsed / measured < best_cost:
-            best, best_cost = size, elapsed / measured
-    return best
 
 
 def warm_model(model: ServedModel, max_channels: int, explain_batch_size: int | None) -> None:
@@ -116,6 +74,7 @@ def warm_model(model: ServedModel, max_channels: int, explain_batch_size: int | 
     job = model.scorecam(layer, "probability", None, max_channels).start(x, None)
     batch_size = explain_batch_size or model.inference.batch_size
     while not job.finished:
-        run_batch(fill_batch([job], batch_size))
+        with job.batch_loop():
+            run_batch(fill_batch([job], batch_size))
     job.results()
     model.layer_channels[layer] = int(job.stats.channels)

@@ -14,6 +14,7 @@ and the cancellations, and sees jobs only as ``JobState`` (forwards done of tota
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import resource
@@ -173,7 +174,7 @@ class DeviceHost:
             name=model.name,
             is_default=model.is_default,
             device=str(model.inference.device),
-            precision=model.inference.precision,
+            precision=model.inference.served_precision,
             runtime=model.inference.runtime_name,
             batch_size=self.config.explain_batch_size or model.inference.batch_size,
             preprocessing=model.loaded.preprocessing,
@@ -244,18 +245,21 @@ class DeviceHost:
         members = {i: self.jobs[i] for i in job_ids if i in self.jobs and self.jobs[i].job is not None}
         splits_before = self.oom_splits
         started = time.monotonic()
-        chunks = fill_batch([hosted.job for hosted in members.values()], batch_size)  # type: ignore[misc]
-        in_batch = {i: h for i, h in members.items() if any(c.job is h.job for c in chunks)}
-        done_before = {i: h.job.done for i, h in in_batch.items()}  # type: ignore[union-attr]
+        jobs = [hosted.job for hosted in members.values() if hosted.job is not None]
         failed: dict[int, ErrorPayload] = {}
-        try:
-            run_batch(chunks)
-        except Exception as exc:  # noqa: BLE001 - one bad input fails its own request, not the batch
-            if len(in_batch) == 1:
-                failed = {i: ErrorPayload.of(exc) for i in in_batch}
-            else:
-                log.warning("a batch shared by %d requests failed (%s); running them one at a time", len(in_batch), exc)
-                failed = self._run_alone(in_batch, chunks, done_before, exc)
+        with jobs[0].batch_loop() if jobs else contextlib.nullcontext():  # one group: one loop
+            chunks = fill_batch(jobs, batch_size)
+            in_batch = {i: h for i, h in members.items() if any(c.job is h.job for c in chunks)}
+            done_before = {i: h.job.done for i, h in in_batch.items()}  # type: ignore[union-attr]
+            try:
+                run_batch(chunks)
+            except Exception as exc:  # noqa: BLE001 - one bad input fails its own request, not the batch
+                if len(in_batch) == 1:
+                    failed = {i: ErrorPayload.of(exc) for i in in_batch}
+                else:
+                    log.warning("a batch shared by %d requests failed (%s); running them one at a time",
+                                len(in_batch), exc)
+                    failed = self._run_alone(in_batch, chunks, done_before, exc)
         survivors = {i: h for i, h in in_batch.items() if i not in failed}
         size = sum(len(c) for c in chunks if any(c.job is h.job for h in survivors.values()))
         kind = "recipro-cam" if chunks and isinstance(chunks[0].job, ReciproJob) else "scorecam"

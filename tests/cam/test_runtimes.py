@@ -228,6 +228,34 @@ def test_score_cam_maps_agree_whichever_runtime(tmp_path: Path, small_cnn: Small
         assert pearson(got[0].map, want[0].map) >= 0.9999
 
 
+def test_masked_batches_are_built_in_the_runtimes_layout_and_torch_stands_aside_for_openvino(
+    tmp_path: Path, small_cnn: SmallCNN, small_input: torch.Tensor
+) -> None:
+    """OpenVINO takes dense NCHW arrays (an NHWC batch cost a copy per forward, 30 % of its
+    throughput) and runs on its own threads (torch's spinning ones slowed it by a quarter): its
+    batches are built contiguous and torch is on one thread while they run, restored after.
+    The torch runtime gets channels_last batches and keeps its threads."""
+    torch.set_num_threads(2)
+    seen: dict[str, list[tuple[bool, bool, int]]] = {"torch": [], "openvino": []}
+    for name in seen:
+        engine = small_engine(small_cnn, name, tmp_path)
+        runtime = engine.runtime if name == "openvino" else engine.torch_runtime
+        assert engine.runtime_name == name
+        original = runtime.forward
+
+        def spy(batch: torch.Tensor, precision: str, original=original, name=name) -> torch.Tensor:
+            seen[name].append((batch.is_contiguous(), batch.is_contiguous(memory_format=torch.channels_last),
+                               torch.get_num_threads()))
+            return original(batch, precision)
+
+        runtime.forward = spy  # type: ignore[method-assign]
+        channels_last_input = small_input[:1].contiguous(memory_format=torch.channels_last)
+        ScoreCAM(engine, LAYER)(channels_last_input)
+        assert torch.get_num_threads() == 2, "the thread count is restored after the call"
+    assert seen["openvino"] and all(dense and threads == 1 for dense, _, threads in seen["openvino"])
+    assert seen["torch"] and all(nhwc and threads == 2 for _, nhwc, threads in seen["torch"])
+
+
 @pytest.mark.slow
 def test_embedded_score_cam_maps_agree_whichever_runtime(
     embedded_engines: tuple[InferenceModel, InferenceModel], cat: torch.Tensor

@@ -141,6 +141,8 @@ def test_explain_with_recipro_cam(images: Path, tmp_path: Path) -> None:
         (["--class", "tabby"], "--class takes class indices"),
         (["--class", "1000"], "class 1000 is out of range"),
         (["--top-k", "0"], "--top-k must be at least 1"),
+        (["--precision", "int8"], "--precision int8 applies to --method scorecam on --runtime auto or openvino"),
+        (["--method", "scorecam", "--precision", "int8", "--runtime", "torch"], "--precision int8 applies to"),
     ],
 )
 def test_explain_option_errors(

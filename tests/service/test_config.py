@@ -40,7 +40,7 @@ def test_environment_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) 
         ("api_key", "short", "at least 8"),
         ("max_batch_size", "0", "greater than or equal to 1"),
         ("request_timeout_s", "-1", "greater than 0"),
-        ("precision", "fp64", "'auto', 'fp32', 'bf16' or 'fp16'"),
+        ("precision", "fp64", "'auto', 'fp32', 'bf16', 'fp16' or 'int8'"),
     ],
 )
 def test_invalid_values_fail_fast(monkeypatch: pytest.MonkeyPatch, field: str, value: str, message: str) -> None:

@@ -113,6 +113,8 @@ class OpenVINORuntime:
     """
 
     name = "openvino"
+    memory_format = torch.contiguous_format  # OpenVINO's inputs are dense NCHW arrays
+    torch_threads = 1  # OpenVINO's own threads run the forwards (threads.py)
 
     def __init__(
         self,

@@ -12,11 +12,13 @@ class TorchRuntime:
     """Eager forwards of ``fast`` under autocast; serves every precision on every device."""
 
     name = "torch"
+    torch_threads = None  # torch's own pool runs the forwards
 
     def __init__(self, fast: nn.Module, device: torch.device, channels_last: bool = True) -> None:
         self.fast = fast
         self.device = device
         self.channels_last = channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def accepts(self, batch: torch.Tensor, precision: str) -> bool:
         return True

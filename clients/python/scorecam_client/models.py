@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 Method = Literal["scorecam", "gradcam", "gradcam++", "recipro-cam"]
 Output = Literal["heatmap", "overlay", "raw"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 Weighting = Literal["probability", "channel-softmax"]
 
 
