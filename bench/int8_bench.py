@@ -144,11 +144,14 @@ def main() -> None:
     if ref_s:
         print(f"\n(float64 reference: {statistics.mean(ref_s):.0f} s per photo; seconds are one run on a shared, "
               "noisy machine)")
-    int8_min = min(vs_f64["openvino int8"]) if vs_f64["openvino int8"] else float("nan")
-    where = "float64" if nref == n else f"float64 on {nref} photos ({fp32} on all {n}: min "\
-        f"{min(vs_fp32['openvino int8']):.5f})"
-    print(f"\nRule (Pearson >= {RULE} against float64 on every photo): int8 min {int8_min:.5f} on {where}: "
-          f"{'meets it' if int8_min >= RULE else 'does NOT meet it'}")
+    # The rule is on all n photos: float64 where it was computed, else the fp32 map (the check
+    # column says how close fp32 is to float64), so a verdict never rests on the few float64 photos.
+    f64_int8, fp32_int8 = vs_f64["openvino int8"], vs_fp32["openvino int8"]
+    evidence = f64_int8 + fp32_int8[len(f64_int8):]
+    below = sum(1 for r in evidence if r < RULE)
+    where = "float64" if nref == n else f"float64 on {nref} photos and {fp32} on the other {n - nref}"
+    print(f"\nRule (Pearson >= {RULE} against float64 on every photo): int8 min {min(evidence):.5f} over {n} "
+          f"photos ({where}), {below} below {RULE}: {'meets it' if below == 0 else 'does NOT meet it'}")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ from torch to OpenVINO's threads and back, so small batches cost more than their
 (measured on 2 cores: batch 4 took 2.4 s per explanation where batch 8 took 1.6 s, though their
 plain forwards differ by 12 %). Here each candidate size is measured as it will run: masked
 inputs of one image built and forwarded a batch at a time at the target layer, on the runtime
-and precision that serve them, with the size prepared (OpenVINO's static shape); a noisy machine
-can flip a choice, so the rounds repeat until two agree. The service's warm-up and
-bench/cam_bench.py both choose this way.
+and precision that serve them, with the size prepared (OpenVINO's static shape). A noisy machine
+can flip a choice, so each size keeps its fastest round and the rounds repeat until two agree.
+The service's warm-up and bench/cam_bench.py both choose this way.
 """
 
 from __future__ import annotations
@@ -30,24 +30,33 @@ MEASURED_MASKS = 64  # masked inputs timed per candidate batch size (at least th
 def tune_masked_batch_size(cam: ScoreCAM, rounds: int = TUNE_ROUNDS) -> tuple[int, list[int]]:
     """The batch size whose Score-CAM batches run fastest, measured until two rounds agree.
 
+    Each round times every candidate once; a candidate's cost is its fastest round so far (other
+    work on a shared machine only ever adds time), and the round's choice is the cheapest of those.
     The model keeps the chosen size (``use_batch_size``). Returns it and each round's choice.
     """
+    best: dict[int, float] = {}
     choices: list[int] = []
     for _ in range(rounds):
-        choices.append(fastest_masked_batch(cam))
+        for size, cost in masked_batch_costs(cam).items():
+            best[size] = min(cost, best.get(size, float("inf")))
+        choices.append(min(best, key=best.__getitem__))
         if len(choices) >= 2 and choices[-1] == choices[-2]:
             break
     cam.model.use_batch_size(choices[-1])
     return choices[-1], choices
 
 
-def fastest_masked_batch(cam: ScoreCAM) -> int:
-    """One round: seconds per masked input of each candidate size, on a seeded random image; the cheapest."""
+def masked_batch_costs(cam: ScoreCAM) -> dict[int, float]:
+    """One round: seconds per masked input of each candidate size, on a seeded random image.
+
+    A size that runs out of memory ends the round (larger ones would too); one whose warm-up batch
+    takes every mask of the image is not timed (a layer with that few channels never fills it).
+    """
     model = cam.model
     side = model.input_size
     x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(model.device)
     candidates = CUDA_CANDIDATES if model.device.type == "cuda" else CPU_CANDIDATES
-    best, best_cost = candidates[0], float("inf")
+    costs: dict[int, float] = {}
     for size in candidates:
         model.use_batch_size(size)
         job = cam.start(x)
@@ -63,7 +72,9 @@ def fastest_masked_batch(cam: ScoreCAM) -> int:
                 torch.cuda.synchronize(model.device)
             elapsed = time.perf_counter() - started
         except torch.OutOfMemoryError:
-            break  # larger sizes would not fit either
-        if measured and elapsed / measured < best_cost:
-            best, best_cost = size, elapsed / measured
-    return best
+            break
+        if measured:
+            costs[size] = elapsed / measured
+    if not costs:
+        costs[candidates[0]] = float("inf")  # even the smallest size ran out of memory: try it anyway
+    return costs

@@ -75,3 +75,22 @@ def test_predict_logits_equal_the_original_model(small_cnn: SmallCNN, small_inpu
     model = InferenceModel(small_cnn, precision="fp32", input_size=32)
     with torch.no_grad():
         assert torch.allclose(model.predict_logits(small_input), small_cnn(small_input), atol=1e-5)
+
+
+def test_masked_batch_tuning_times_score_cam_batches_and_keeps_each_sizes_fastest_round(
+    small_cnn: SmallCNN, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A size that was fastest once keeps that cost: one slow (noisy) round does not flip the choice."""
+    import app.cam.masked_batch_tuning as tuning
+    from app.cam import ScoreCAM
+
+    model = InferenceModel(small_cnn, batch_size="auto", input_size=32)
+    cam = ScoreCAM(model, "features.5")
+    measured = tuning.masked_batch_costs(cam)
+    # sizes beyond what one image's masks fill after the warm-up batch are not timed
+    assert 4 in measured and set(measured) <= set(CPU_CANDIDATES) and all(0 < c < 1 for c in measured.values())
+    rounds = iter([{4: 1.0, 8: 0.5, 16: 2.0, 32: 2.0}, {4: 1.0, 8: 9.0, 16: 0.9, 32: 2.0},
+                   {4: 1.0, 8: 0.7, 16: 3.0, 32: 2.0}])
+    monkeypatch.setattr(tuning, "masked_batch_costs", lambda _cam: next(rounds))
+    chosen, choices = tuning.tune_masked_batch_size(cam)
+    assert (chosen, choices, model.batch_size) == (8, [8, 8], 8)
