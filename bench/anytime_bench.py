@@ -55,7 +55,8 @@ def sample_files(n: int) -> list[Path] | None:
 def run_until(job: ScoreCamJob, done: int, batch_size: int) -> None:
     """Forward the job's masks, as the service worker does, until exactly ``done`` are recorded."""
     while job.done < done:
-        run_batch(fill_batch([job], min(batch_size, done - job.done)))
+        with job.batch_loop():
+            run_batch(fill_batch([job], min(batch_size, done - job.done)))
 
 
 def map_of_rows(job: ScoreCamJob, rows: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

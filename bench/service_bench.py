@@ -232,7 +232,8 @@ def in_process(model: Any, layer: str, xs: list[Any], sequence: list[int], clien
         active += [cam.start(xs[i]) for i in [next(queue, None) for _ in range(clients - len(active))] if i is not None]
         if not active:
             break
-        run_batch(fill_batch(active, model.batch_size))  # the worker's step: fair shares, one forward
+        with active[0].batch_loop():  # the worker's step: fair shares, one forward, torch's threads aside
+            run_batch(fill_batch(active, model.batch_size))
         for job in [j for j in active if j.finished]:
             job.results()
             active.remove(job)
