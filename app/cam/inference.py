@@ -144,15 +144,7 @@ class InferenceModel:
     @property
     def runtime_name(self) -> str:
         """The runtime of the default precision's masked forwards ("torch" or "openvino")."""
-        return self.runtime.name if self.runtime.accepts(self._probe(), self.precision) else self.torch_runtime.name
-
-    @property
-    def served_precision(self) -> str:
-        """The default precision as computed: ``precision``, except int8 where it is not served
-        (no nncf, quantisation failed, or it disagreed with torch at start): then fp32."""
-        if self.precision == "int8" and not self.runtime.accepts(self._probe(), "int8"):
-            return "fp32"
-        return self.precision
+        return self.serving().name
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -164,7 +156,7 @@ class InferenceModel:
         """The runtime that serves masked forwards in ``precision`` at the model's input size."""
         resolved = resolve_precision(precision or self.precision, self.device)
         if resolved == "int8" and not self.runtime.accepts(self._probe(), "int8"):
-            resolved = "fp32"
+            resolved = "fp32"  # int8 fell back at start: fp32 serves it (as in ``_forward``)
         return self.runtime if self.runtime.accepts(self._probe(), resolved) else self.torch_runtime
 
     def input_format(self, precision: str | None = None) -> torch.memory_format:

@@ -13,7 +13,6 @@ The service's warm-up and bench/cam_bench.py both choose this way.
 
 from __future__ import annotations
 
-import logging
 import time
 
 import torch
@@ -22,7 +21,6 @@ from app.cam.batch_size import CPU_CANDIDATES, CUDA_CANDIDATES
 from app.cam.scheduler import fill_batch, run_batch
 from app.cam.score_cam import ScoreCAM
 
-log = logging.getLogger(__name__)
 TUNE_ROUNDS = 4
 MEASURED_MASKS = 64  # masked inputs timed per candidate batch size (at least three batches)
 

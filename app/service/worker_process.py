@@ -174,7 +174,7 @@ class DeviceHost:
             name=model.name,
             is_default=model.is_default,
             device=str(model.inference.device),
-            precision=model.inference.served_precision,
+            precision=model.inference.precision,  # fp32 where int8 fell back at start
             runtime=model.inference.runtime_name,
             batch_size=self.config.explain_batch_size or model.inference.batch_size,
             preprocessing=model.loaded.preprocessing,
