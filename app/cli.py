@@ -118,7 +118,13 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # pydantic's ValidationError: name the bad variable, skip the traceback
         print(f"scorecam: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    serve(settings)
+    from app.errors import ModelLoadFailed
+
+    try:
+        serve(settings)
+    except ModelLoadFailed as exc:  # logged with the server's lines already; say it last, and fail
+        print(f"scorecam: error: {exc.message}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     max_queue_requests: int = Field(default=256, ge=1, description="Pending requests accepted before answering 503.")
     request_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Deadline of a request (504 after).")
     graceful_timeout_s: float = Field(default=30.0, ge=0, le=3600, description="Grace period for in-flight requests.")
+    worker_hang_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "A worker process silent for longer than this, or than 4x its slowest call if that is longer, "
+            "is hung (stopped, looping): it is killed and replaced."
+        ),
+    )
 
     # Requests
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest accepted image upload.")

@@ -99,6 +99,12 @@ class WeightsNotFound(ScoreCamError):
     code = "weights_not_found"
 
 
+class ModelLoadFailed(ScoreCamError):
+    """A configured model could not be loaded at start-up: the message names it and the fix."""
+
+    code = "model_load_failed"
+
+
 class QueueFull(ScoreCamError):
     """Backpressure: the worker has more pending work than it accepts."""
 

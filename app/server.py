@@ -29,6 +29,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from app.config import Settings
+from app.errors import ModelLoadFailed
 from app.main import create_app
 
 log = logging.getLogger(__name__)
@@ -160,14 +161,23 @@ def configure_logging(level: str) -> None:
 
 def serve(settings: Settings | None = None, *, app: FastAPI | None = None) -> None:
     """Serve ``app`` (default: ``create_app(settings)``) until SIGTERM/SIGINT; returns after a
-    graceful shutdown."""
+    graceful shutdown. Raises ``ModelLoadFailed`` after shutting down when the models failed to
+    load at start-up (the caller exits non-zero)."""
     settings = settings or Settings()
     configure_logging(settings.log_level)
     app = app or create_app(settings)
     server = serving_server(app, settings)
+    service = app.state.service
+
+    def stop_serving(error: BaseException | None) -> None:
+        server.should_exit = True  # uvicorn's own loop notices within its tick and shuts down
+
+    service.supervisor.on_startup_failed = stop_serving
     log.info("serving %s on http://%s:%d", ", ".join(settings.models), settings.host, settings.port)
     with exit_zero_after_sigterm():
         server.run()
+    if service.supervisor.startup_failed:
+        raise ModelLoadFailed(service.not_ready_reason())
 
 
 class exit_zero_after_sigterm:

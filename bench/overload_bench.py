@@ -19,15 +19,27 @@ take about n times as long, so the bench starts the server with ``SCORECAM_MAX_Q
     .venv/bin/python bench/overload_bench.py                  # embedded model, explain, max_channels 64, 60 s
     .venv/bin/python bench/overload_bench.py --endpoint predict --queue-requests 4
     .venv/bin/python bench/overload_bench.py --tiny --seconds 10  # the tiny test model (what the test runs)
+
+``--burst N`` measures instead what the red team saw: N JSON explanations of one photo sent at
+the same instant to an idle server with the default request limit, the queue bounded by forwards
+(``--burst-forwards``) so that some are refused. It prints the refusals' latency (p50/p99/max),
+their Retry-After against the real drain time (from the burst to the last accepted answer), and
+the CPU kind (native bf16 or not), since the worker shares the cores with the HTTP process.
+
+    .venv/bin/python bench/overload_bench.py --burst 24 --max-channels 256 --burst-forwards 4000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import io
+import json
+import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,6 +258,57 @@ async def measure(url: str, endpoint: str, max_channels: int, seconds: float, fa
     return Result(unloaded, ramp, overload, capacity, capacity * factor)
 
 
+def cpu_kind() -> str:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    native = "native bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "AVX2-only, bf16 emulated"
+    return f"{os.cpu_count()} cores, {native}"
+
+
+async def burst(url: str, count: int, max_channels: int) -> tuple[list[Sample], float]:
+    """``count`` JSON explanations at once; the answers and the seconds until the last 200."""
+    body = {"image": base64.b64encode(photo()).decode(), "outputs": ["heatmap"], "max_channels": max_channels}
+    limits = httpx.Limits(max_connections=count + 4, max_keepalive_connections=count + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        await client.post("/v1/explain", json={**body, "max_channels": 8})  # warm the connection and paths
+        await asyncio.gather(*(client.get("/healthz") for _ in range(count)))  # open the connections first
+        encoded = json.dumps(body).encode()  # once: the sender's own work stays out of the latencies
+        start = time.perf_counter()
+        last_ok = start
+
+        async def one() -> Sample:
+            nonlocal last_ok
+            t0 = time.perf_counter()
+            response = await client.post("/v1/explain", content=encoded, headers=JSON)
+            now = time.perf_counter()
+            if response.status_code == 200:
+                last_ok = max(last_ok, now)
+            return Sample(response.status_code, now - t0, response.headers.get("retry-after"))
+
+        samples = await asyncio.gather(*(one() for _ in range(count)))
+    return list(samples), last_ok - start
+
+
+JSON = {"content-type": "application/json"}
+
+
+def burst_report(samples: list[Sample], drain_s: float) -> list[tuple[str, str]]:
+    rejected = [s for s in samples if s.status == 503]
+    latencies = [s.seconds for s in rejected]
+    retry = sorted(int(s.retry_after) for s in rejected if s.retry_after)
+    statuses = ", ".join(f"{n} x {c}" for c, n in sorted(Counter(s.status for s in samples).items()))
+    rows = [
+        ("answers", statuses),
+        ("503 latency p50 / p99 / max (ms)",
+         f"{percentile(latencies, 0.5) * 1000:.1f} / {percentile(latencies, 0.99) * 1000:.1f} / "
+         f"{max(latencies, default=float('nan')) * 1000:.1f}"),
+        ("Retry-After min / median / max (s)",
+         f"{retry[0]} / {retry[len(retry) // 2]} / {retry[-1]}" if retry else "none"),
+        ("drain: burst to last 200 (s)", f"{drain_s:.1f}"),
+        ("median Retry-After / drain", f"{retry[len(retry) // 2] / drain_s:.2f}x" if retry and drain_s else "n/a"),
+    ]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="an already running server (its own queue settings apply)")
@@ -256,9 +319,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=float, default=4.0, help="offered load as a multiple of the capacity")
     parser.add_argument("--queue-requests", type=int, default=2, help="SCORECAM_MAX_QUEUE_REQUESTS of the started server")
     parser.add_argument("--tiny-delay", type=float, default=0.01, help="--tiny: simulated compute per forward (s)")
+    parser.add_argument("--burst", type=int, help="send this many JSON explanations at once instead (see above)")
+    parser.add_argument("--burst-forwards", type=int, default=4000, help="--burst: SCORECAM_MAX_QUEUE_FORWARDS")
     args = parser.parse_args(argv)
     server = None
     url = args.url
+    if args.burst:
+        if url is None:
+            env = {"SCORECAM_MAX_QUEUE_FORWARDS": str(args.burst_forwards)}
+            server = ServerProcess(tiny=args.tiny, env=env, tiny_delay_s=args.tiny_delay).start()
+            url = server.url
+        try:
+            samples, drain_s = asyncio.run(burst(url, args.burst, args.max_channels))
+        finally:
+            if server is not None:
+                server.stop()
+        print(f"burst of {args.burst} JSON explanations (max_channels {args.max_channels}), "
+              f"queue limit {args.burst_forwards} forwards; {cpu_kind()}")
+        for name, value in burst_report(samples, drain_s):
+            print(f"  {name:<34} {value}")
+        return 0
     if url is None:
         env = {"SCORECAM_MAX_QUEUE_REQUESTS": str(args.queue_requests)}
         server = ServerProcess(tiny=args.tiny, env=env, tiny_delay_s=args.tiny_delay).start()

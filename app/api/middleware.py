@@ -17,7 +17,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import BodyTimeout, error_body
+from app.api.errors import PROTOCOL_PREFIX, BodyTimeout, error_body, shorten
 from app.errors import ImageTooLarge
 from app.service.prometheus import ServiceMetrics
 
@@ -41,7 +41,7 @@ class BodyLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            await _send_too_large(send, declared, self.max_body_bytes)
+            await _send_too_large(send, declared, self.max_body_bytes, _is_protocol(scope.get("path", "")))
             return
         limit, timeout = self.max_body_bytes, self.body_timeout_s
         received = 0
@@ -113,17 +113,24 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_too_large(send: Send, declared: int, limit: int) -> None:
+def _is_protocol(path: str) -> bool:
+    """Under /v2 errors have the Open Inference Protocol's shape (as app/api/errors.py decides)."""
+    return path == PROTOCOL_PREFIX or path.startswith(PROTOCOL_PREFIX + "/")
+
+
+async def _send_too_large(send: Send, declared: int, limit: int, protocol: bool) -> None:
     message = (
         f"the request body is {declared} bytes; the limit is {limit} bytes (SCORECAM_MAX_UPLOAD_BYTES "
         "for the image, base64 and form overhead included)"
     )
-    await _send_error(send, 413, ImageTooLarge.code, message)
+    await _send_error(send, 413, ImageTooLarge.code, message, protocol)
 
 
-async def _send_error(send: Send, status: int, code: str, message: str) -> None:
-    """An error answer in the one JSON shape that closes the connection (the body is never read)."""
-    body = json.dumps(error_body(code, message)).encode()
+async def _send_error(send: Send, status: int, code: str, message: str, protocol: bool = False) -> None:
+    """An error answer that closes the connection (the body is never read): /v1's JSON shape, or
+    with ``protocol`` the Open Inference Protocol's ``{"error": "<message>"}``."""
+    shaped = {"error": shorten(message)} if protocol else error_body(code, message)
+    body = json.dumps(shaped).encode()
     await send(
         {
             "type": "http.response.start",

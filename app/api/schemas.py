@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+MIN_PARTIAL_MAPS_EVERY = 0.01  # a partial map costs a host copy of every class's map: at most 100 per request
+
 Method = Literal["scorecam", "gradcam", "gradcam++", "recipro-cam"]
 Output = Literal["heatmap", "overlay", "raw"]
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
@@ -73,7 +75,13 @@ class ExplainOptions(BaseModel):
         ),
     )
     partial_maps_every: float = Field(
-        default=0.1, gt=0, le=1, description="Share of the forward passes between two partial maps (0 < share <= 1)."
+        default=0.1,
+        ge=MIN_PARTIAL_MAPS_EVERY,
+        le=1,
+        description=(
+            f"Share of the forward passes between two partial maps ({MIN_PARTIAL_MAPS_EVERY} <= share <= 1: "
+            "at most one map per percent of the work)."
+        ),
     )
 
     @field_validator("classes")

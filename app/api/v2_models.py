@@ -6,12 +6,17 @@ Triton's ``classification`` parameter, BYTES [N, k] "score:index:label"). Each a
 ``<name>.scorecam``, an explainer: input ``image``, request parameters as /v1/explain's options,
 outputs ``heatmap`` (FP32 [N, K, H, W], the image's size), ``class_index`` (INT64 [N, K]) and
 ``score`` (FP32 [N, K]). Both run through the same service calls (and batches) as /v1.
+
+/v1's limits hold per request here, not per image: SCORECAM_MAX_MEGAPIXELS for all the images of
+a request together, SCORECAM_MAX_OUTPUT_PIXELS for all its heatmaps, SCORECAM_MAX_QUEUE_FORWARDS
+for all its work; otherwise a batch of N images would cost N times what /v1 allows one request.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,10 +28,12 @@ from app.api.schemas import ExplainOptions
 from app.api.v2_schemas import InferRequest, ModelMetadata, RequestOutput, TensorMetadata
 from app.api.v2_tensors import OutputTensor, Tensor
 from app.config import Settings
-from app.errors import InvalidOption, UnknownModel
-from app.imaging.images import ImageLimits, decode_image
+from app.errors import ImageTooLarge, InvalidOption, UnknownModel
+from app.imaging.images import ImageLimits, _check_pixels, _open_header, decode_image
+from app.imaging.render import decode_raw, output_pixels
+from app.service.outcomes import ExplainOutcome
 from app.service.score_cam_service import ScoreCamService
-from app.imaging.render import decode_raw
+from app.service.work import Demand
 from app.version import VERSION
 
 T = TypeVar("T")
@@ -34,7 +41,12 @@ EXPLAINER = ".scorecam"
 PROTOCOL_PARAMETERS = frozenset(
     {"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"}
 )
-EXPLAIN_PARAMETERS = frozenset(ExplainOptions.model_fields) - {"outputs", "metrics", "metrics_step"}
+# /v1/explain's options that a tensor answer can honour, named one by one so that a new /v1 option
+# is not taken silently: the model is in the path, outputs are tensors, and metrics and partial maps
+# need /v1's JSON and event stream.
+EXPLAIN_PARAMETERS = frozenset({"method", "classes", "top_k", "layer", "precision", "weighting", "max_channels"})
+JSON_VALUE_COST = 6  # a heatmap value in JSON costs what 6 do in binary; see check_heatmap_size
+ONE_SIZE = "the images of one explain request must have one size (the heatmaps form one tensor)"
 
 
 def served_names(service: ScoreCamService) -> list[str]:
@@ -43,9 +55,14 @@ def served_names(service: ScoreCamService) -> list[str]:
 
 
 def resolve(service: ScoreCamService, name: str) -> tuple[dict[str, Any], bool]:
-    """The served model behind a protocol name, and whether the name is its explainer."""
+    """The served model behind a protocol name, and whether the name is its explainer.
+
+    An empty base name (``.scorecam``) is unknown, as on /v1: the catalog would read it as the default.
+    """
     explainer = name.endswith(EXPLAINER)
     base = name[: -len(EXPLAINER)] if explainer else name
+    if not base:
+        raise UnknownModel(name, served_names(service))
     try:
         return service.model(base), explainer
     except UnknownModel:
@@ -102,11 +119,14 @@ def single_input(tensors: list[Tensor], names: tuple[str, ...], max_batch: int) 
     return tensor
 
 
-async def all_or_none(work: Iterable[Awaitable[T]]) -> list[T]:
-    """Await every image's request; when one fails (a full queue, a bad class), cancel the others,
-    so their batches leave the worker's queue, and raise that error."""
-    tasks = [asyncio.ensure_future(w) for w in work]
+async def all_or_none(work: AsyncIterable[Awaitable[T]]) -> list[T]:
+    """Start each image's request as it comes and await them all; when one fails (a bad image, a
+    full queue, a bad class), cancel the others, so their batches leave the worker's queue, and
+    raise that error."""
+    tasks: list[asyncio.Future[T]] = []
     try:
+        async for w in work:
+            tasks.append(asyncio.ensure_future(w))
         return list(await asyncio.gather(*tasks))
     except BaseException:
         for task in tasks:
@@ -115,30 +135,106 @@ async def all_or_none(work: Iterable[Awaitable[T]]) -> list[T]:
         raise
 
 
-async def decoded_images(tensor: Tensor, settings: Settings) -> list[Image.Image]:
-    """Each BYTES element as an image: raw file bytes (binary data) or base64 text (JSON data)."""
-    limits = ImageLimits(settings.max_upload_bytes, settings.max_megapixels, settings.max_aspect_ratio)
+async def each(items: Iterable[T]) -> AsyncIterator[T]:
+    for item in items:
+        yield item
+
+
+def check_request_demand(service: ScoreCamService, one: Demand, count: int) -> None:
+    """Admit the request's ``count`` items as a whole: a batch that could never fit is a 422 (as
+    /v1 answers one request over SCORECAM_MAX_QUEUE_FORWARDS), not a 503 that no retry cures,
+    which is what admitting its items one by one gave once the first few were queued."""
+    service.check_capacity(replace(one, forwards=one.forwards * count, metric_forwards=one.metric_forwards * count))
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """A request's encoded images and their sizes, read from their headers: no pixel decoded yet."""
+
+    files: list[bytes]
+    sizes: list[tuple[int, int]]
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    return ImageLimits(settings.max_upload_bytes, settings.max_megapixels, settings.max_aspect_ratio)
+
+
+def read_headers(tensor: Tensor, limits: ImageLimits) -> ImageFiles:
+    """Each BYTES element's file (raw bytes in binary data, base64 text in JSON) and its size.
+
+    Each image is held to /v1's limits, and all of them together to SCORECAM_MAX_MEGAPIXELS, before
+    any is decoded: a request of 32 copies of a 40-megapixel PNG held 32 decoded images at once.
+    """
     files = [e if isinstance(e, bytes) else decode_base64(e) for e in tensor.values.reshape(-1)]
-    return await asyncio.gather(*(asyncio.to_thread(decode_image, f, limits) for f in files))
+    sizes: list[tuple[int, int]] = []
+    for data in files:
+        size = _open_header(data).size
+        _check_pixels(size, limits)
+        sizes.append(size)
+    total = sum(w * h for w, h in sizes)
+    if total > limits.max_pixels:
+        raise ImageTooLarge(
+            f"the {len(sizes)} images of this request have {total / 1e6:.1f} megapixels together; the limit "
+            f"is {limits.max_megapixels:g} megapixels per request, all images together (SCORECAM_MAX_MEGAPIXELS): "
+            "send fewer or smaller images"
+        )
+    return ImageFiles(files, sizes)
+
+
+def check_heatmap_size(sizes: list[tuple[int, int]], classes: int, as_json: bool, limit: int) -> None:
+    """Refuse (413) heatmaps over SCORECAM_MAX_OUTPUT_PIXELS for the whole request, before decoding.
+
+    /v1 lets one explanation render ``limit`` pixels; here the ``limit`` holds for the maps of all
+    images and classes together. It is counted in binary FP32 values (4 bytes each). A value sent
+    as JSON is written as its float64 repr and a separator (up to 24 bytes: "1.2344999333890883e-07,")
+    after living as a 32-byte Python float, so it counts JSON_VALUE_COST = 6 times: a JSON answer
+    holds a sixth of the values of a binary one, for about the same bytes.
+    """
+    values = sum(output_pixels(w, h, classes, 1) for w, h in sizes)
+    cost = values * (JSON_VALUE_COST if as_json else 1)
+    if cost > limit:
+        form = f", as JSON (a value counts {JSON_VALUE_COST} times; binary_data costs least)" if as_json else ""
+        raise ImageTooLarge(
+            f"the heatmaps of this request would hold {values / 1e6:,.1f} million values ({len(sizes)} images x "
+            f"{classes} classes{form}); the limit is {limit / 1e6:,.1f} million per request, all images together "
+            "(SCORECAM_MAX_OUTPUT_PIXELS): send fewer or smaller images, or ask for fewer classes (top_k, classes)"
+        )
+
+
+async def decoded_one_by_one(files: list[bytes], limits: ImageLimits) -> AsyncIterator[Image.Image]:
+    """The images decoded one after another in a thread, each only when asked for: a caller that
+    hands each on before asking for the next never holds them all at full size."""
+    for data in files:
+        yield await asyncio.to_thread(decode_image, data, limits)
 
 
 async def classify(
     service: ScoreCamService, settings: Settings, model: dict[str, Any], tensor: Tensor, asked: list[RequestOutput] | None
 ) -> list[OutputTensor]:
+    """Class probabilities; each image goes to the queue as soon as it is decoded, so its
+    full-size pixels can go once the service has taken the model's view of them."""
     name = model["name"]
+    top = classification_count(asked, model["num_classes"])
+    check_request_demand(service, Demand("predict"), tensor.shape[0])
     if tensor.name == "image":
-        sources: list[Image.Image | np.ndarray] = list(await decoded_images(tensor, settings))
+        limits = image_limits(settings)
+        images = await asyncio.to_thread(read_headers, tensor, limits)
+        sources: AsyncIterable[Image.Image | np.ndarray] = decoded_one_by_one(images.files, limits)
     else:
         size = model["input_size"]
         if tensor.shape[1:] != (3, size, size):
             raise InvalidOption(f"input 'input' of {name} has shape [N, 3, {size}, {size}], got {list(tensor.shape)}")
-        sources = list(np.array(tensor.values, dtype=np.float32))
-    rows = await all_or_none(service.predict_probabilities(s, name) for s in sources)
+        sources = each(np.array(tensor.values, dtype=np.float32))
+    rows = await all_or_none(service.predict_probabilities(s, name) async for s in sources)
+    labels = service.labels(name) if top is not None else []
+    return await asyncio.to_thread(probability_outputs, rows, top, labels)
+
+
+def probability_outputs(rows: list[np.ndarray], top: int | None, labels: list[str]) -> list[OutputTensor]:
+    """All probabilities [N, C], or the ``top`` of each image as "score:index:label" [N, top]."""
     probabilities = np.stack([np.asarray(r, dtype=np.float32) for r in rows])
-    top = classification_count(asked, model["num_classes"])
     if top is None:
         return [OutputTensor("probabilities", "FP32", probabilities)]
-    labels = service.labels(name)
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top]
     entries = [[f"{row[i]:.6f}:{i}:{labels[i]}".encode() for i in idx] for row, idx in zip(probabilities, order)]
     return [OutputTensor("probabilities", "BYTES", np.array(entries, dtype=object))]
@@ -158,18 +254,38 @@ def classification_count(asked: list[RequestOutput] | None, num_classes: int) ->
 async def explain(
     service: ScoreCamService, settings: Settings, name: str, request: InferRequest, tensor: Tensor
 ) -> list[OutputTensor]:
+    """Heatmaps of every image; the whole request's work, images and maps are checked against the
+    limits before the first image is decoded."""
     fields = explain_fields(request.parameters or {})
     options = validate_options(ExplainOptions, {**fields, "model": name, "outputs": ["raw"]})
     plan = service.check_explain(explain_spec(options))
-    images = await decoded_images(tensor, settings)
-    if len({image.size for image in images}) > 1:
-        raise InvalidOption("the images of one explain request must have one size (the heatmaps form one tensor)")
-    outcomes = await all_or_none(service.explain(image, plan) for image in images)
-    heatmaps = np.stack([np.stack([decode_raw(e.raw) for e in o.explanations if e.raw]) for o in outcomes])
+    check_request_demand(service, plan.demand, tensor.shape[0])
+    limits = image_limits(settings)
+    images = await asyncio.to_thread(read_headers, tensor, limits)
+    if len({tuple(sorted(size)) for size in images.sizes}) > 1:  # EXIF orientation may only swap the sides
+        raise InvalidOption(ONE_SIZE)
+    answered = not request.outputs or any(o.name == "heatmap" for o in request.outputs)
+    as_json = answered and not binary_output("heatmap", request)
+    check_heatmap_size(images.sizes, plan.explained, as_json, settings.max_output_pixels)
+    decoded = [image async for image in decoded_one_by_one(images.files, limits)]
+    if len({image.size for image in decoded}) > 1:
+        raise InvalidOption(ONE_SIZE)
+    outcomes = await all_or_none(service.explain(image, plan) async for image in each(decoded))
+    return await asyncio.to_thread(explanation_outputs, outcomes)
+
+
+def explanation_outputs(outcomes: list[ExplainOutcome]) -> list[OutputTensor]:
+    """The maps [N, K, H, W], filled in place (no stacked copies), with their classes and scores."""
+    first = outcomes[0]  # all of one size (checked) and one class count (one plan)
+    heatmaps = np.zeros((len(outcomes), len(first.explanations), first.height, first.width), dtype=np.float32)
+    for i, outcome in enumerate(outcomes):
+        for k, explanation in enumerate(outcome.explanations):
+            if explanation.raw:
+                heatmaps[i, k] = decode_raw(explanation.raw)
     classes = np.array([[e.class_index for e in o.explanations] for o in outcomes], dtype=np.int64)
     scores = np.array([[e.score for e in o.explanations] for o in outcomes], dtype=np.float32)
     return [
-        OutputTensor("heatmap", "FP32", heatmaps.astype(np.float32)),
+        OutputTensor("heatmap", "FP32", heatmaps),
         OutputTensor("class_index", "INT64", classes),
         OutputTensor("score", "FP32", scores),
     ]
@@ -189,19 +305,23 @@ def explain_fields(parameters: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def binary_output(name: str, request: InferRequest) -> bool:
+    """Whether output ``name`` is answered as binary data (per output, else request-wide)."""
+    default = bool((request.parameters or {}).get("binary_data_output", False))
+    for asked in request.outputs or []:
+        if asked.name == name:
+            return bool((asked.parameters or {}).get("binary_data", default))
+    return default
+
+
 def select(outputs: list[OutputTensor], request: InferRequest) -> list[OutputTensor]:
-    """The outputs asked for, in the asked order, binary where asked (per output, else request-wide)."""
+    """The outputs asked for (all by default), in the asked order, binary where asked."""
     by_name = {o.name: o for o in outputs}
-    default_binary = bool((request.parameters or {}).get("binary_data_output", False))
-    if not request.outputs:
-        for out in outputs:
-            out.binary = default_binary
-        return outputs
     chosen = []
-    for asked in request.outputs:
+    for asked in request.outputs or [RequestOutput(name=o.name) for o in outputs]:
         if asked.name not in by_name:
             raise InvalidOption(f"unknown output {asked.name!r}; this model has {', '.join(by_name)}")
         out = by_name[asked.name]
-        out.binary = bool((asked.parameters or {}).get("binary_data", default_binary))
+        out.binary = binary_output(out.name, request)
         chosen.append(out)
     return chosen

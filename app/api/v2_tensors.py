@@ -21,6 +21,9 @@ from app.api.v2_schemas import InferRequest
 from app.errors import InvalidOption
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_RANK = 4  # this server's tensors: image [N] or [N, 1], input [N, 3, S, S]
+MAX_DIMENSION = 2**31 - 1
+MAX_SPAN = 2**31 - 1  # the dimensions' product, a zero counted as 1: what numpy can shape (a body holds far fewer)
 NUMPY_TYPES: dict[str, str] = {
     "BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "i1", "INT16": "<i2",
     "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
@@ -48,7 +51,10 @@ class OutputTensor:
 
 
 def parse_infer_body(body: bytes, header_length: str | None) -> tuple[InferRequest, list[Tensor]]:
-    """The request and its input tensors; a bad body raises a 422 (ValidationError or InvalidOption)."""
+    """The request and its input tensors; a bad body raises a 422 (ValidationError or InvalidOption).
+
+    CPU-bound (JSON data of millions of numbers): the route runs it in a thread.
+    """
     binary = b""
     if header_length is not None:
         try:
@@ -80,8 +86,19 @@ def parse_infer_body(body: bytes, header_length: str | None) -> tuple[InferReque
 
 
 def _shape(name: str, shape: list[int]) -> tuple[int, ...]:
+    """The shape, bounded before any arithmetic on it.
+
+    Unbounded, a shape of 120,000 dimensions made ``math.prod`` spend seconds on the event loop,
+    and a dimension of 2**63 - 1 or a product of 4,300 digits made numpy or ``str`` raise (a 500).
+    """
+    if not 1 <= len(shape) <= MAX_RANK:
+        raise InvalidOption(f"input '{name}': a shape has 1 to {MAX_RANK} dimensions here, got {len(shape)}")
     if any(d < 0 for d in shape):
         raise InvalidOption(f"input '{name}': shape {shape} has a negative dimension")
+    if any(d > MAX_DIMENSION for d in shape):
+        raise InvalidOption(f"input '{name}': shape {shape} has a dimension over {MAX_DIMENSION}")
+    if math.prod(max(d, 1) for d in shape) > MAX_SPAN:
+        raise InvalidOption(f"input '{name}': the dimensions of shape {shape} multiply to more than {MAX_SPAN}")
     return tuple(shape)
 
 
@@ -145,7 +162,10 @@ def _object_array(elements: list[Any], shape: tuple[int, ...]) -> np.ndarray:
 
 
 def infer_response(body: dict[str, Any], outputs: list[OutputTensor]) -> Response:
-    """The response: plain JSON, or the JSON header plus the outputs asked for as binary."""
+    """The response: plain JSON, or the JSON header plus the outputs asked for as binary.
+
+    CPU- and memory-bound for heatmaps (JSON writes each float as text): the route runs it in a thread.
+    """
     described: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for out in outputs:

@@ -44,13 +44,16 @@ def hub_checkpoint_path(url: str) -> Path:
     return hub_dir() / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
+DOWNLOAD_HINT = "allow_download=True"  # the library's switch; the service names its own variable instead
+
+
 def not_found(model: str, looked: Iterable[Path | str]) -> WeightsNotFound:
     """The error for weights that are nowhere: what was searched and how to fix it."""
     places = ", ".join(str(p) for p in looked) or "(no known location)"
     return WeightsNotFound(
         f"no weights for model {model!r}: looked in {places}. Put the file there, mount a torch hub"
         f" cache (TORCH_HOME; hub dir now {hub_dir()}), pass a weights file path, or enable"
-        " downloads (allow_download=True)"
+        f" downloads ({DOWNLOAD_HINT})"
     )
 
 

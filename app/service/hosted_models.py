@@ -20,8 +20,9 @@ from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel, ReciproCAM, ScoreC
 from app.cam.base import BaseCAM
 from app.cam.precision import native_precisions
 from app.cam.runtimes import Calibration
-from app.errors import UnknownModel
+from app.errors import ModelLoadFailed, ScoreCamError, UnknownModel
 from app.models.loaded import LoadedModel
+from app.models.weights import DOWNLOAD_HINT
 
 log = logging.getLogger(__name__)
 CAM_CACHE_SIZE = 32
@@ -167,7 +168,7 @@ class ModelStore:
             if name in self._models:
                 continue
             log.info("loading model %s on %s", name, self.device)
-            loaded = self.source.load(name, weights="default", allow_download=self.allow_download)
+            loaded = self._load(name)
             inference = InferenceModel(
                 loaded.module,
                 device=self.device,
@@ -197,6 +198,18 @@ class ModelStore:
                 layers=layers,
                 layer_locations=locations,
             )
+
+    def _load(self, name: str) -> LoadedModel:
+        """The model's module and metadata; a failure names the model and the setting that fixes it."""
+        try:
+            return self.source.load(name, weights="default", allow_download=self.allow_download)
+        except Exception as exc:
+            message = str(exc).replace(DOWNLOAD_HINT, "set SCORECAM_ALLOW_DOWNLOAD=true")
+            if not isinstance(exc, ScoreCamError):
+                message = f"{type(exc).__name__}: {message}"
+            raise ModelLoadFailed(
+                f"model {name!r} (SCORECAM_MODELS) failed to load: {message}"
+            ) from exc
 
     def get(self, name: str | None) -> ServedModel:
         """The named model (or the default); UnknownModel lists the served names."""

@@ -8,6 +8,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The request line's method is the client's text: only these become a label value of their own,
+# anything else is "other", so invented methods cannot add series (label values are never
+# taken from a request verbatim: endpoints are route templates or "unmatched", statuses ours).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class ServiceMetrics:
@@ -72,6 +76,7 @@ class ServiceMetrics:
         self.queue_forwards.set(forwards)
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        method = method if method in HTTP_METHODS else "other"
         self.requests.labels(endpoint=endpoint, method=method, status=str(status)).inc()
         self.latency.labels(endpoint=endpoint).observe(seconds)
 

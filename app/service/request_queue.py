@@ -25,6 +25,10 @@ from app.service.work import Demand, WorkItem
 
 Lane = tuple[str, str]
 MAX_RETRY_AFTER_S = 300
+# Admitted work must be expected to finish within this share of its deadline: paces are estimates
+# (the warm-up's at first), and jobs share batches fairly, so an over-admitted queue does not fail
+# one request but all of them at once (a burst of 24 ended in twelve 504s at a share of 1).
+DEADLINE_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,11 @@ class Scheduler:
         """The measured pace no request beats (forwards/s), or None before it is measured."""
         with self.cond:
             return self.throughput.ceiling(model, precision)
+
+    def expect_pace(self, model: str, precision: str, forwards_per_s: float) -> None:
+        """The warm-up's measured pace, until the model's own batches are measured."""
+        with self.cond:
+            self.throughput.expect(model, precision, forwards_per_s)
 
     def open(self) -> None:
         """Start accepting work (after warm-up)."""
@@ -294,7 +303,7 @@ class Scheduler:
                 retry_after_s=self._retry_after(),
             )
         wait = self._estimated_finish_s(demand)
-        if wait is not None and wait > deadline - time.monotonic():
+        if wait is not None and wait > DEADLINE_SHARE * (deadline - time.monotonic()):
             raise QueueFull(
                 f"the queue holds about {wait:.0f} s of work for this request, more than its deadline allows "
                 "(SCORECAM_REQUEST_TIMEOUT_S); retry later or ask for less work (max_channels)",
@@ -321,11 +330,11 @@ class Scheduler:
 
         Not estimated for predictions (one forward, served between masked batches), on an idle
         queue (the service refuses what cannot finish alone, at the measured ceiling, before it
-        gets here) and before its pace was measured. Jobs share batches fairly, so a request
+        gets here) and before its pace is known (measured, or the warm-up's). Jobs share batches fairly, so a request
         waits for at most the whole backlog, and for less when it is small: about its own time
         times the number of jobs sharing the device.
         """
-        if demand.kind == "predict" or not self._open or not self.throughput.measured(demand.model, demand.precision):
+        if demand.kind == "predict" or not self._open or not self.throughput.known(demand.model, demand.precision):
             return None
         mask, metric = demand.forwards - demand.metric_forwards, demand.metric_forwards
         own = self.throughput.seconds(demand.model, demand.precision, mask)

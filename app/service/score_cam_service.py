@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from app.config import Settings
-from app.errors import InvalidOption, QueueFull, ServiceUnavailable
+from app.errors import InvalidOption, ModelLoadFailed, QueueFull, ServiceUnavailable
 from app.service.answers import render_explanations, top_predictions
 from app.service.hosted_models import ModelSource, check_model_names, default_model_source
 from app.service.prometheus import ServiceMetrics
@@ -45,7 +45,7 @@ class ScoreCamService:
         self.source = source  # None: the worker builds the default registry itself
         self.catalog = ModelCatalog(settings.models, settings.default_model_name)
         self.scheduler = Scheduler(settings.max_queue_forwards, settings.max_queue_requests, settings.batch_history)
-        self.supervisor = Supervisor(self.scheduler, metrics, self._make_worker)
+        self.supervisor = Supervisor(self.scheduler, metrics, self._make_worker, settings.worker_hang_timeout_s)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -108,8 +108,11 @@ class ScoreCamService:
         return self.supervisor.serving and not self.supervisor.draining
 
     def not_ready_reason(self) -> str:
-        if self.supervisor.startup_error is not None:
-            return f"the models failed to load: {self.supervisor.startup_error}"
+        error = self.supervisor.startup_error
+        if isinstance(error, ModelLoadFailed):
+            return error.message  # names the model and the setting that fixes it
+        if self.supervisor.startup_failed:
+            return f"the models failed to load: {error}"
         if self.supervisor.draining:
             return "the service is shutting down"
         if not self.supervisor.warm:

@@ -4,7 +4,8 @@ A worker is a process (killed, out of memory, crashed in native code) driven by 
 thread here. A dead worker must not leave requests hanging: everything queued or running gets a
 503 at once and the service reports not ready ("restarting") until a new process has loaded and
 warmed its models. A failure of the first start-up is not retried (a missing weight file will not
-appear by itself): the service stays not ready and /readyz says why.
+appear by itself): /readyz says why, and ``on_startup_failed`` is called, which ``scorecam serve``
+uses to exit non-zero (as Triton and TorchServe do, so an orchestrator shows the failure).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ FIRST_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
 STABLE_AFTER_S = 30.0
 STOP_JOIN_S = 5.0
+WATCH_S = 0.5
 
 
 class Supervisor:
@@ -34,8 +36,10 @@ class Supervisor:
         scheduler: Scheduler,
         metrics: ServiceMetrics,
         make_worker: Callable[[int, Callable[[BaseException | None], None], Callable[[], None]], Worker],
+        hang_timeout_s: float = 30.0,
     ) -> None:
         self.scheduler = scheduler
+        self.hang_timeout_s = hang_timeout_s
         self.metrics = metrics
         self.make_worker = make_worker
         self.worker: Worker | None = None
@@ -46,12 +50,15 @@ class Supervisor:
         self._stopping = False
         self.draining = False
         self._task: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._exited: asyncio.Event | None = None
+        self.startup_failed = False  # the first worker never got ready: not retried
+        self.on_startup_failed: Callable[[BaseException | None], None] | None = None
 
     @property
     def serving(self) -> bool:
         """The worker is up and the queue accepts work."""
-        return self._ready.is_set() and self.worker is not None and self.worker.alive and self.scheduler.accepting
+        return self._ready.is_set() and self.worker is not None and self.worker.healthy and self.scheduler.accepting
 
     async def wait_ready(self, timeout: float) -> bool:
         try:
@@ -61,7 +68,26 @@ class Supervisor:
         return True
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._supervise(), name="scorecam-supervisor")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._supervise(), name="scorecam-supervisor")
+        self._watchdog = loop.create_task(self._watch(), name="scorecam-watchdog")
+
+    async def _watch(self) -> None:
+        """Every WATCH_S: a worker process that died while idle, or fell silent (SIGSTOP, a loop
+        inside a call), is given up at once; nothing else would notice before the next request."""
+        while not self._stopping:
+            await asyncio.sleep(WATCH_S)  # a period, not a test wait
+            if self._stopping or self.scheduler.stopping:
+                return  # shutting down: the worker stops on purpose
+            worker = self.worker
+            if worker is None or worker.lost is not None or not self._ready.is_set():
+                continue
+            problem = worker.problem(self.hang_timeout_s)
+            if problem is not None:
+                log.error("%s; replacing it", problem)
+                self._ready.clear()
+                self.metrics.ready.set(0)
+                worker.abandon(problem)
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
@@ -94,8 +120,11 @@ class Supervisor:
             error = outcome[0] if outcome else None
             if not self.worker.prepared and generation == 0:
                 self.startup_error = error
+                self.startup_failed = True
                 self.scheduler.close(f"the models failed to load: {error}")
                 log.error("start-up failed, not retrying: %s", error)
+                if self.on_startup_failed is not None:
+                    self.on_startup_failed(error)
                 return
             self._fail_queue("the worker stopped unexpectedly and is restarting; retry the request")
             self.restarts += 1
@@ -149,9 +178,10 @@ class Supervisor:
                 log.warning("the worker is still inside a batch; killing its process")
                 worker.kill()
                 await asyncio.to_thread(worker.thread.join, STOP_JOIN_S)
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._watchdog, self._task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass

@@ -13,8 +13,9 @@ keeps its own numbers, from the Score-CAM and metric batches the worker ran:
   ceiling, so an idle server never refuses work it can do in time.
 
 A pair with fewer than MIN_BATCHES batches has no ceiling (only the forward budget bounds a
-request on its own) and borrows the slowest measured rate of its model, else
-DEFAULT_FORWARDS_PER_S.
+request on its own). Before its first batch it runs at the pace the worker's warm-up measured
+(``expect``), else borrows the slowest measured rate of its model, else DEFAULT_FORWARDS_PER_S
+(which made an idle server's first Retry-After about 7x too long).
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ class Throughput:
         pace.seconds = DECAY * pace.seconds + seconds
         pace.best = max(pace.best, forwards / seconds)
         pace.batches += 1
+
+    def expect(self, model: str, precision: str, forwards_per_s: float) -> None:
+        """A first estimate (the warm-up's timed Score-CAM) for a pair with no batch yet: it weighs
+        as one second of work, so real batches replace it within a few, and sets no ceiling."""
+        pace = self._paces.get((model, precision))
+        if forwards_per_s <= 0 or (pace is not None and pace.batches):
+            return
+        self._paces[(model, precision)] = Pace(forwards=forwards_per_s, seconds=1.0, best=forwards_per_s)
+
+    def known(self, model: str, precision: str) -> bool:
+        """A pace for the pair: measured batches or the warm-up's estimate."""
+        return (model, precision) in self._paces
 
     def measured(self, model: str, precision: str) -> bool:
         pace = self._paces.get((model, precision))

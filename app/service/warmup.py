@@ -27,14 +27,15 @@ def warm_up(
     tune_batch_size: bool,
     explain_batch_size: int | None,
     batch_sizes: dict[str, int] | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, float | None]]:
     """Load every configured model and run a forward pass and a small Score-CAM on each.
 
     ``batch_sizes`` (a restarted worker's: what the first one measured) skip the measurement.
-    Returns each model's warm-up seconds.
+    Returns each model's warm-up seconds and its measured masked forwards per second.
     """
     store.load_all()
     seconds: dict[str, float] = {}
+    rates: dict[str, float | None] = {}
     for model in store.all():
         started = time.monotonic()
         known = (batch_sizes or {}).get(model.name)
@@ -42,7 +43,7 @@ def warm_up(
             model.inference.use_batch_size(known)
         elif tune_batch_size and explain_batch_size is None:
             tune_until_stable(model)
-        warm_model(model, max_channels, explain_batch_size)
+        rates[model.name] = warm_model(model, max_channels, explain_batch_size)
         seconds[model.name] = time.monotonic() - started
         log.debug(  # the HTTP process logs it at INFO, with the worker's pid
             "model %s ready on %s: runtime %s, precision %s, batch size %d, warm-up %.1f s",
@@ -53,7 +54,7 @@ def warm_up(
             explain_batch_size or model.inference.batch_size,
             seconds[model.name],
         )
-    return seconds
+    return seconds, rates
 
 
 def tune_until_stable(model: ServedModel) -> int:
@@ -65,16 +66,27 @@ def tune_until_stable(model: ServedModel) -> int:
     return chosen
 
 
-def warm_model(model: ServedModel, max_channels: int, explain_batch_size: int | None) -> None:
+def warm_model(model: ServedModel, max_channels: int, explain_batch_size: int | None) -> float | None:
+    """A small Score-CAM at the default layer, run twice: the first pays the lazy start-up, the
+    second is timed. Returns its masked forwards per second (None when it had no masked forward),
+    the pace the queue prices work at until real batches are measured (Retry-After, waits)."""
     side = model.input_size
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, side, side, generator=generator)
     model.inference.predict_logits(x)
     layer = model.loaded.default_layer
-    job = model.scorecam(layer, "probability", None, max_channels).start(x, None)
+    cam = model.scorecam(layer, "probability", None, max_channels)
     batch_size = explain_batch_size or model.inference.batch_size
-    while not job.finished:
-        with job.batch_loop():
-            run_batch(fill_batch([job], batch_size))
-    job.results()
+    rate = None
+    for _ in range(2):
+        job = cam.start(x, None)
+        started = time.perf_counter()
+        while not job.finished:
+            with job.batch_loop():
+                run_batch(fill_batch([job], batch_size))
+        seconds = time.perf_counter() - started
+        job.results()
+        if job.total and seconds > 0:
+            rate = job.total / seconds
     model.layer_channels[layer] = int(job.stats.channels)
+    return rate

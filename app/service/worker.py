@@ -31,6 +31,7 @@ from app.service.worker_protocol import BatchReport, JobState, WorkerError, Work
 log = logging.getLogger(__name__)
 IDLE_WAKE_S = 1.0
 START_PER_STEP = 8  # new jobs started per step (one base forward each)
+HANG_FACTOR = 4.0  # a call this many times slower than the slowest one so far is a hang
 
 
 def ms_since(start: float, end: float | None = None) -> float:
@@ -64,6 +65,7 @@ class Worker:
         self.on_ready = on_ready
         self.generation = generation
         self.prepared = False
+        self.lost: str | None = None  # why the watchdog gave this worker up (dead or hung process)
         self.link: WorkerLink | None = None
         self._link_started = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"scorecam-dispatch-{generation}", daemon=True)
@@ -89,6 +91,37 @@ class Worker:
         if self.link is not None:
             self.link.kill()
 
+    @property
+    def healthy(self) -> bool:
+        """The dispatcher runs and its process is alive and not given up."""
+        link = self.link
+        return self.alive and self.lost is None and link is not None and link.alive
+
+    def problem(self, hang_timeout_s: float) -> str | None:
+        """Why the worker process cannot serve (dead, or silent past its deadline), or None.
+
+        The deadline is ``hang_timeout_s``, or 4x the slowest call since warm-up when that is
+        longer: a call is one batch, so a process silent that long is stopped or stuck, not busy.
+        """
+        link = self.link
+        if link is None or not self.prepared:
+            return None  # loading and warm-up: a death there fails the warm-up call itself
+        if not link.alive:
+            return f"the worker process {link.pid} died (exit code {link.process.exitcode})"
+        deadline = max(hang_timeout_s, HANG_FACTOR * link.slowest_call_s)
+        silent = link.silent_s()
+        if silent > deadline:
+            return f"the worker process {link.pid} sent no heartbeat for {silent:.1f} s (deadline {deadline:.1f} s): hung or stopped"
+        return None
+
+    def abandon(self, reason: str) -> None:
+        """Give the worker up: kill its process (a waiting call raises WorkerGone) and wake the
+        dispatcher, which ends, so the supervisor fails the queue with 503 and starts another."""
+        self.lost = reason
+        self.kill()
+        with self.scheduler.cond:
+            self.scheduler.cond.notify_all()
+
     def _run(self) -> None:
         error: BaseException | None = None
         try:
@@ -96,6 +129,9 @@ class Worker:
             self._link_started.set()
             infos = self.link.call("warm_up")
             self.catalog.update(infos)  # type: ignore[arg-type]
+            for info in infos:  # type: ignore[attr-defined]
+                if info.forwards_per_s:
+                    self.scheduler.expect_pace(info.name, info.precision, info.forwards_per_s)
             if infos:  # the device as resolved ("auto" -> "cpu" or "cuda:0"), for the memory gauge's label
                 self.metrics.watch_device(infos[0].device)  # type: ignore[index]
             for info in infos:  # type: ignore[attr-defined]
@@ -106,8 +142,10 @@ class Worker:
             self.prepared = True
             if self.on_ready is not None:
                 self.on_ready()
-            while not self.scheduler.stopping:
+            while not self.scheduler.stopping and self.lost is None:
                 self.step()
+            if self.lost is not None:
+                raise WorkerGone(self.lost)
         except BaseException as exc:
             error = exc
             if isinstance(exc, WorkerGone):

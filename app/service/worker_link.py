@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
+import time
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -44,11 +45,20 @@ class WorkerLink:
     def __init__(self, source: Any, settings: Any, config: WorkerConfig, name: str = "scorecam-worker") -> None:
         context = worker_context()
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=serve, args=(child, source, settings, config), name=name, daemon=True)
+        # the worker writes time.monotonic() here while idle and after each call (CLOCK_MONOTONIC
+        # is one clock for every process of the machine)
+        self.heartbeat = context.Value("d", time.monotonic(), lock=False)
+        self.slowest_call_s = 0.0  # since warm-up: how long a call may take before it looks hung
+        args = (child, source, settings, config, self.heartbeat)
+        self.process = context.Process(target=serve, args=args, name=name, daemon=True)
         self.process.start()
         child.close()
         self._lock = threading.Lock()
         log.debug("worker process %s started", self.process.pid)
+
+    def silent_s(self) -> float:
+        """Seconds since the worker's last heartbeat."""
+        return time.monotonic() - float(self.heartbeat.value)
 
     @property
     def pid(self) -> int | None:
@@ -61,12 +71,15 @@ class WorkerLink:
     def call(self, method: str, *args: Any) -> Any:
         """Run ``DeviceHost.<method>(*args)`` in the worker; its exception is raised here."""
         with self._lock:
+            started = time.monotonic()
             try:
                 self.conn.send((method, args))
                 status, value = self.conn.recv()
             except (EOFError, OSError) as exc:
                 code = self.process.exitcode
                 raise WorkerGone(f"the worker process {self.pid} died (exit code {code})") from exc
+            if method != "warm_up":  # loading and tuning are not what a served call costs
+                self.slowest_call_s = max(self.slowest_call_s, time.monotonic() - started)
         if status == "error":
             assert isinstance(value, ErrorPayload)
             raise value.rebuild()

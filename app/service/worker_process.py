@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
+import os
 import resource
 import signal
 import sys
@@ -49,6 +51,8 @@ from app.service.worker_protocol import (
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
+BEAT_S = 0.25  # heartbeat period while idle
+WORKER_NICENESS = 10  # below the HTTP process: see yield_to_http_process
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,12 @@ class HostedJob:
         job = self.job
         if not every or not isinstance(job, ScoreCamJob) or total == 0 or job.finished:
             return ()
-        if done / total + 1e-9 < self.next_partial:
+        share = done / total + 1e-9
+        if share < self.next_partial:
             return ()
-        while self.next_partial <= done / total + 1e-9:
-            self.next_partial += every
+        # the next step above the share reached, in one step: a loop of ``+= every`` runs
+        # share/every times (10^12 for a 1e-12 cadence), and a batch crosses many steps anyway
+        self.next_partial = (math.floor(share / every) + 1) * every
         return tuple(PartialMapOut(p.class_index, p.map.numpy().astype(np.float32)) for p in job.partial_maps())
 
     def advance(self) -> None:
@@ -166,10 +172,10 @@ class DeviceHost:
     def warm_up(self) -> list[ModelInfo]:
         """Load, tune and warm every model; what the HTTP process needs to know about them."""
         c = self.config
-        seconds = warm_up(self.store, c.warmup_max_channels, c.tune_batch_size, c.explain_batch_size, c.batch_sizes)
-        return [self._info(model, seconds.get(model.name, 0.0)) for model in self.store.all()]
+        seconds, rates = warm_up(self.store, c.warmup_max_channels, c.tune_batch_size, c.explain_batch_size, c.batch_sizes)
+        return [self._info(model, seconds.get(model.name, 0.0), rates.get(model.name)) for model in self.store.all()]
 
-    def _info(self, model: ServedModel, warmup_s: float) -> ModelInfo:
+    def _info(self, model: ServedModel, warmup_s: float, forwards_per_s: float | None = None) -> ModelInfo:
         return ModelInfo(
             name=model.name,
             is_default=model.is_default,
@@ -185,6 +191,7 @@ class DeviceHost:
             layer_locations=dict(model.layer_locations),
             layer_channels=dict(model.layer_channels),
             warmup_s=warmup_s,
+            forwards_per_s=forwards_per_s,
         )
 
     def device_memory(self) -> float:
@@ -322,6 +329,20 @@ def die_with_parent() -> None:
             pass
 
 
+def yield_to_http_process() -> None:
+    """Run at a lower scheduling priority than the HTTP process (nice +WORKER_NICENESS).
+
+    The worker keeps every core busy while it has work; at equal priority the HTTP process's
+    admission, refusals and decoding wait their turn behind masked batches (a 503 took 0.3 s under
+    a burst). Niceness only matters while both want the CPU: an idle HTTP process costs the
+    worker nothing. Raising one's own niceness needs no privilege.
+    """
+    try:
+        os.nice(WORKER_NICENESS)
+    except OSError as exc:
+        log.warning("could not lower the worker process's priority: %s", exc)
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s"))
@@ -331,14 +352,21 @@ def configure_logging(level: str) -> None:
     root.propagate = False
 
 
-def serve(conn: Connection, source: ModelSource | None, settings: Any, config: WorkerConfig) -> None:
+def serve(
+    conn: Connection, source: ModelSource | None, settings: Any, config: WorkerConfig, heartbeat: Any = None
+) -> None:
     """The worker process's entry point: answer calls until told to stop or the pipe closes.
+
+    ``heartbeat`` (a shared double) gets ``time.monotonic()`` every ``BEAT_S`` while idle and after
+    each call, from this loop itself: a process that is stopped, or stuck inside a call, falls
+    silent, and the HTTP process replaces it (app/service/supervisor.py).
 
     Signals go to the HTTP process, which drains and then stops this one: a Ctrl-C that reaches
     the whole process group must not kill a batch half-way (SIGINT is ignored here; SIGTERM is
     not, so a supervisor that signals every process of the group still stops it).
     """
     die_with_parent()
+    yield_to_http_process()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(config.log_level)
     tune_malloc()  # this process is the service's own: no page faults per masked batch (app/allocator.py)
@@ -347,8 +375,16 @@ def serve(conn: Connection, source: ModelSource | None, settings: Any, config: W
 
         source = default_model_source(settings)
     host = DeviceHost(source, config)
+
+    def beat() -> None:
+        if heartbeat is not None:
+            heartbeat.value = time.monotonic()
+
     while True:
         try:
+            beat()
+            while not conn.poll(BEAT_S):
+                beat()
             method, args = conn.recv()
         except (EOFError, OSError):
             return  # the HTTP process is gone

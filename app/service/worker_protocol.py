@@ -165,6 +165,7 @@ class ModelInfo:
     layer_locations: dict[str, int]
     layer_channels: dict[str, int]
     warmup_s: float = 0.0
+    forwards_per_s: float | None = None  # masked forwards/s at ``precision``, measured in warm-up
     oom_splits: int = 0  # batches halved after running out of device memory, as the worker reported
 
     @property

@@ -247,3 +247,30 @@ def test_when_one_image_is_refused_the_others_leave_the_queue(cat_png: bytes, ga
         wait_until(lambda: scheduler.depth() == 0, what="the first image's request to leave")
     assert response.status_code == 503 and "Retry-After" in response.headers, response.text
     assert set(response.json()) == {"error"} and "queue" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v2/models/.scorecam"), ("GET", "/v2/models/.scorecam/ready"), ("POST", "/v2/models/.scorecam/infer")],
+)
+def test_an_explainer_without_a_base_name_is_unknown(url: str, cat_png: bytes, method: str, path: str) -> None:
+    """As /v1/models/.scorecam: the empty name must not fall through to the default model."""
+    body = {"inputs": [png_input(cat_png)]} if method == "POST" else None
+    response = httpx.request(method, f"{url}{path}", json=body, headers=auth(), timeout=30)
+    assert response.status_code == 404, response.text
+    assert set(response.json()) == {"error"} and "unknown model '.scorecam'" in response.json()["error"]
+
+
+@pytest.mark.parametrize("parameter", ["partial_maps", "partial_maps_every", "metrics", "model"])
+def test_explainer_parameters_are_only_those_a_tensor_answer_honours(
+    client: triton.InferenceServerClient, url: str, cat_png: bytes, parameter: str
+) -> None:
+    """Partial maps need /v1's event stream, metrics its JSON, and the model is in the path."""
+    advertised = client.get_model_metadata("tiny.scorecam", headers=auth())["parameters"]["options"].split(",")
+    assert parameter not in advertised
+    assert set(advertised) == {"method", "classes", "top_k", "layer", "precision", "weighting", "max_channels"}
+    value = {"partial_maps": True, "partial_maps_every": 0.5, "metrics": True, "model": "tiny"}[parameter]
+    body = {"inputs": [png_input(cat_png)], "parameters": {"max_channels": 4, parameter: value}}
+    response = raw_infer(url, "tiny.scorecam", body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"].startswith(f"unknown parameter '{parameter}'")

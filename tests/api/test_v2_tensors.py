@@ -68,6 +68,31 @@ def test_malformed_tensors_are_invalid_options(
         parse_infer_body(body, length or header)
 
 
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([2] * 100_000, "1 to 4 dimensions"),  # math.prod over it took seconds on the event loop
+        ([], "1 to 4 dimensions"),
+        ([10**1200] * 4, "a dimension over"),  # a product of 4,800 digits: str() of it raised
+        ([0, 10**30], "a dimension over"),
+        ([0, 2**63 - 1], "a dimension over"),
+        ([0, 2**31 - 1, 2**31 - 1, 2**31 - 1], "multiply to more than"),  # numpy cannot shape it, even empty
+    ],
+    ids=["rank-100000", "rank-0", "4800-digits", "1e30", "2**63-1", "span"],
+)
+@pytest.mark.parametrize("datatype", ["BYTES", "FP32"])
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_shapes_are_bounded_before_any_arithmetic(shape: list[int], message: str, datatype: str, binary: bool) -> None:
+    tensor: dict[str, object] = {"name": "x", "shape": shape, "datatype": datatype}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": 0}
+        body, length = binary_body([tensor])
+    else:
+        body, length = json.dumps({"inputs": [{**tensor, "data": []}]}).encode(), None
+    with pytest.raises(InvalidOption, match=message):
+        parse_infer_body(body, length)
+
+
 def test_a_body_that_is_not_an_infer_request_is_a_validation_error() -> None:
     with pytest.raises(ValidationError):
         parse_infer_body(b'{"inputs": [{"name": "x"}]}', None)

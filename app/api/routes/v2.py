@@ -1,13 +1,16 @@
 """The Open Inference Protocol (KServe V2, Triton HTTP) beside /v1: health, metadata, infer.
 
 Thin like /v1: read the body, decode the tensors (app/api/v2_tensors.py), hand them to the
-protocol's models (app/api/v2_models.py), encode. Errors answer ``{"error": "<message>"}`` with
-/v1's status codes (app/api/errors.py shapes them by path). Versioned paths
-(``/versions/{version}``) accept the service's version, the only one there is.
+protocol's models (app/api/v2_models.py), encode. Tensors are decoded and encoded in a thread:
+a body or an answer of millions of JSON numbers takes seconds of CPU, which on the event loop
+would stall every other request. Errors answer ``{"error": "<message>"}`` with /v1's status
+codes (app/api/errors.py shapes them by path). Versioned paths (``/versions/{version}``) accept
+the service's version, the only one there is.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -145,12 +148,12 @@ async def infer(name: str, request: Request, service: ServiceDep, settings: Sett
     service.check_capacity()  # an overloaded service refuses before the body is read
     resolve(service, name)
     body = await request.body()
-    infer_request, tensors = parse_infer_body(body, request.headers.get(HEADER_LENGTH))
+    infer_request, tensors = await asyncio.to_thread(parse_infer_body, body, request.headers.get(HEADER_LENGTH))
     outputs = await unless_disconnected(request, run_infer(service, settings, name, infer_request, tensors))
     answer: dict[str, Any] = {"model_name": name, "model_version": VERSION}
     if infer_request.id is not None:
         answer["id"] = infer_request.id
-    return infer_response(answer, outputs)
+    return await asyncio.to_thread(infer_response, answer, outputs)
 
 
 @router.post(

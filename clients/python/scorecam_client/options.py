@@ -59,7 +59,7 @@ class ExplainOptions(_Options):
         default=None, description="Streamed only: progress events carry the Score-CAM map so far (``Progress.partial_maps``)."
     )
     partial_maps_every: float | None = Field(
-        default=None, gt=0, le=1, description="Share of the masked forwards between two partial maps (server default 0.1)."
+        default=None, ge=0.01, le=1, description="Share of the masked forwards between two partial maps (0.01 to 1; server default 0.1)."
     )
 
     @field_validator("classes", "outputs", mode="before")
