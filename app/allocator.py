@@ -45,6 +45,5 @@ def tune_malloc() -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     done = all(mallopt(param, value) == 1 for _, param, value in SETTINGS)
-    log.debug("malloc options %s: %s", "set" if done else "partly refused",
-              ", ".join(f"{n}={v}" for n, _, v in SETTINGS))
+    log.debug("malloc options %s: %s", "set" if done else "partly refused", ", ".join(f"{n}={v}" for n, _, v in SETTINGS))
     return done

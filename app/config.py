@@ -15,9 +15,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.methods import RUNTIMES, Precision, Runtime
+
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-RUNTIMES = ("auto", "torch", "openvino")
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -50,12 +50,12 @@ class Settings(BaseSettings):
     )
     default_model: str | None = Field(default=None, description="Default model (default: the first of models).")
     device: str = Field(default="auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
-    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+    precision: Precision = Field(
         default="auto",
         description="Default compute precision of the masked forwards; int8 (explicit only, OpenVINO on a CPU) "
         "quantises each model at start (NNCF) and serves it where it agrees with fp32, else fp32.",
     )
-    runtime: Literal["auto", "torch", "openvino"] = Field(
+    runtime: Runtime = Field(
         default="auto",
         description="Runtime of the masked forwards: auto (OpenVINO on a CPU where it converts and agrees), torch, openvino.",
     )
@@ -115,7 +115,6 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="Longest wait for the next part of a body (408).")
 
     # Internals that tests and operators may tune
-    batch_history: int = Field(default=512, ge=1, description="Batches kept in the batch-composition ring buffer.")
 
     _split_lists = field_validator("models", "cors_origins", "custom_models", mode="before")(split_comma_list)
 
@@ -169,8 +168,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _int8_on_openvino(self) -> Settings:
         if self.precision == "int8" and self.runtime == "torch":
-            raise ValueError("SCORECAM_PRECISION=int8 runs on OpenVINO only: set SCORECAM_RUNTIME=auto or openvino "
-                             "(or choose auto, fp32, bf16, fp16)")
+            raise ValueError(
+                "SCORECAM_PRECISION=int8 runs on OpenVINO only: set SCORECAM_RUNTIME=auto or openvino "
+                "(or choose auto, fp32, bf16, fp16)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -178,9 +179,7 @@ class Settings(BaseSettings):
         if self.default_model is None:
             self.default_model = self.models[0]
         elif self.default_model not in self.models:
-            raise ValueError(
-                f"SCORECAM_DEFAULT_MODEL={self.default_model!r} is not among SCORECAM_MODELS={self.models}"
-            )
+            raise ValueError(f"SCORECAM_DEFAULT_MODEL={self.default_model!r} is not among SCORECAM_MODELS={self.models}")
         return self
 
     @property

@@ -105,14 +105,18 @@ class ModelLoadFailed(ScoreCamError):
     code = "model_load_failed"
 
 
-class QueueFull(ScoreCamError):
-    """Backpressure: the worker has more pending work than it accepts."""
-
-    code = "queue_full"
+class RetryLater(ScoreCamError):
+    """A refusal that passes: the same request may succeed after ``retry_after_s`` seconds."""
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class QueueFull(RetryLater):
+    """Backpressure: the worker has more pending work than it accepts."""
+
+    code = "queue_full"
 
 
 class DeadlineExceeded(ScoreCamError):
@@ -125,14 +129,10 @@ class Cancelled(ScoreCamError):
     code = "cancelled"
 
 
-class ServiceUnavailable(ScoreCamError):
+class ServiceUnavailable(RetryLater):
     """The worker is not running (starting, restarting or shutting down)."""
 
     code = "unavailable"
-
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 class InternalError(ScoreCamError):

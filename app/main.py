@@ -20,10 +20,10 @@ from app.api.openapi import install_schema_limits, mount_docs
 from app.api.routes import explain, health, metrics, models, predict, v2
 from app.api.routes.web import mount_demo_page
 from app.config import Settings
-from app.service.score_cam_service import ScoreCamService
-from app.service.prometheus import ServiceMetrics
-from app.service.hosted_models import ModelSource, default_model_source
-from app.service.threads import install_default_executor
+from app.models.sources import ModelSource, default_model_source
+from app.serving.prometheus import ServiceMetrics
+from app.serving.service import ScoreCamService
+from app.serving.threads import install_default_executor
 from app.version import VERSION
 
 log = logging.getLogger(__name__)

@@ -81,6 +81,7 @@ class HeadTimeoutH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._head_deadline: asyncio.TimerHandle | None = None
 
+    # override: H11Protocol narrows asyncio.Protocol's BaseTransport to Transport (with the same ignore)
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_head_deadline()
@@ -119,14 +120,14 @@ def protocol_with_head_timeout(header_timeout_s: float) -> type[HeadTimeoutH11Pr
 
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
-        app,  # type: ignore[arg-type]
+        app,
         host=settings.host,
         port=settings.port,
         lifespan="on",
         log_level=settings.log_level,
         http=protocol_with_head_timeout(settings.header_timeout_s),
         limit_concurrency=settings.max_connections,
-        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
+        timeout_keep_alive=math.ceil(settings.keep_alive_timeout_s),  # whole seconds, as uvicorn takes them
         timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_s) + ANSWER_MARGIN_S,
         access_log=settings.log_level == "debug",
     )
@@ -176,7 +177,7 @@ def serve(settings: Settings | None = None, *, app: FastAPI | None = None) -> No
     log.info("serving %s on http://%s:%d", ", ".join(settings.models), settings.host, settings.port)
     with exit_zero_after_sigterm():
         server.run()
-    if service.supervisor.startup_failed:
+    if service.startup_failed:
         raise ModelLoadFailed(service.not_ready_reason())
 
 

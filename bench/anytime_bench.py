@@ -28,9 +28,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.cam import InferenceModel, ScoreCAM, ScoreCamJob, fill_batch, run_batch  # noqa: E402
-from app.cam.precision import DECIDING_CPU_FLAGS, cpu_flags  # noqa: E402
-from app.models import default_registry  # noqa: E402
+from app.cam import InferenceModel, ScoreCAM, ScoreCamJob, fill_batch, run_batch
+from app.cam.precision import DECIDING_CPU_FLAGS, cpu_flags
+from app.models import default_registry
 
 SAMPLES = ROOT.parent / "shared" / "eval" / "imagenet-samples"
 MODEL = "efficientnet_lite0"
@@ -101,8 +101,7 @@ def main() -> int:
     args = parser.parse_args()
     files = sample_files(args.images)
     if files is None:
-        print(f"skipped: no labels.csv under {SAMPLES}; the benchmark needs ../shared/eval/imagenet-samples",
-              file=sys.stderr)
+        print(f"skipped: no labels.csv under {SAMPLES}; the benchmark needs ../shared/eval/imagenet-samples", file=sys.stderr)
         return 0
     loaded = default_registry().load(MODEL)
     model = InferenceModel(loaded.module, precision=args.precision, batch_size=args.batch_size)
@@ -124,25 +123,34 @@ def main() -> int:
             forwards.append(job.total)
             for order, values in measured.items():
                 rho[order].append(values)
-            print(f"{i}/{len(files)} {path.name}: {job.total} forwards, variance order "
-                  + " ".join(f"{v:.4f}" for v in measured["variance"]), file=sys.stderr, flush=True)
+            print(
+                f"{i}/{len(files)} {path.name}: {job.total} forwards, variance order "
+                + " ".join(f"{v:.4f}" for v in measured["variance"]),
+                file=sys.stderr,
+                flush=True,
+            )
     except KeyboardInterrupt:
         print(f"interrupted: the table covers the first {len(forwards)} photos", file=sys.stderr)
     if not forwards:
         return 1
     elapsed = time.monotonic() - started
     flags = " ".join(f"{f}={'yes' if f in cpu_flags() else 'no'}" for f in DECIDING_CPU_FLAGS)
-    print(f"\nAnytime Score-CAM: {MODEL} layer {layer}, {cam.precision}, {len(forwards)} photos "
-          f"(predicted class), {statistics.mean(forwards):.0f} masked forwards per photo on average")
-    print(f"CPU flags: {flags}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"device {model.device}; {elapsed / 60:.1f} min\n")
+    print(
+        f"\nAnytime Score-CAM: {MODEL} layer {layer}, {cam.precision}, {len(forwards)} photos "
+        f"(predicted class), {statistics.mean(forwards):.0f} masked forwards per photo on average"
+    )
+    print(
+        f"CPU flags: {flags}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"device {model.device}; {elapsed / 60:.1f} min\n"
+    )
     print("| forwards done | Pearson, variance order: mean | min | random order (peer): mean | min |")
     print("|---:|---:|---:|---:|---:|")
     for i, fraction in enumerate(FRACTIONS):
         ours = [r[i] for r in rho["variance"]]
         peer = [r[i] for r in rho["random"]]
-        print(f"| {fraction:.0%} | {statistics.mean(ours):.4f} | {min(ours):.4f} "
-              f"| {statistics.mean(peer):.4f} | {min(peer):.4f} |")
+        print(
+            f"| {fraction:.0%} | {statistics.mean(ours):.4f} | {min(ours):.4f} | {statistics.mean(peer):.4f} | {min(peer):.4f} |"
+        )
     return 0
 
 

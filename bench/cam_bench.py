@@ -34,14 +34,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.allocator import tune_malloc  # noqa: E402
-from app.cam import InferenceModel, ScoreCAM  # noqa: E402
-from app.cam.masked_batch_tuning import tune_masked_batch_size  # noqa: E402
-import app.cam.score_cam as score_cam_module  # noqa: E402
-from app.cam.precision import DECIDING_CPU_FLAGS, cpu_flags, native_precisions  # noqa: E402
-from app.cam.runtimes import openvino_version  # noqa: E402
-from app.models import default_registry  # noqa: E402
-from tests.cam.reference import pearson, reference_score_cam  # noqa: E402
+import app.cam.score_cam as score_cam_module
+from app.allocator import tune_malloc
+from app.cam import InferenceModel, ScoreCAM
+from app.cam.masked_batch_tuning import tune_masked_batch_size
+from app.cam.precision import DECIDING_CPU_FLAGS, cpu_flags, native_precisions
+from app.cam.runtimes import openvino_version
+from app.models import default_registry
+from tests.cam.reference import pearson, reference_score_cam
 
 SAMPLES = ROOT.parent / "shared" / "eval" / "imagenet-samples"
 
@@ -145,8 +145,7 @@ def build_modes(
     modes: dict[str, InferenceModel] = {}
     for runtime in runtimes:
         for precision in precisions:
-            model = InferenceModel(module, device, precision=precision, batch_size="auto", runtime=runtime,
-                                   input_size=side)
+            model = InferenceModel(module, device, precision=precision, batch_size="auto", runtime=runtime, input_size=side)
             if model.runtime_name != runtime:
                 print(f"({runtime} {precision}: not available, see the log; row left out)", file=sys.stderr)
                 continue
@@ -215,7 +214,11 @@ def main() -> None:
             loaded.module.to(device)
             for mode, m in maps.items():
                 rows[mode]["pearson"].append(pearson(m.cpu(), ref))
-        print(f"image {i + 1}/{len(images)}: class {cls}, " + ", ".join(f"{m} {r['seconds'][-1]:.2f}s" for m, r in rows.items() if r["seconds"]), flush=True)
+        print(
+            f"image {i + 1}/{len(images)}: class {cls}, "
+            + ", ".join(f"{m} {r['seconds'][-1]:.2f}s" for m, r in rows.items() if r["seconds"]),
+            flush=True,
+        )
 
     rates = {mode: plain_forward_rate(model, side, model.precision, args.plain_seconds) for mode, model in modes.items()}
     header(name, layer, side, device, tuned, args.max_channels)
@@ -224,17 +227,23 @@ def main() -> None:
 
 def header(name: str, layer: str, side: int, device: torch.device, tuned: bool, max_channels: int | None) -> None:
     flags = " ".join(f"{f}={'yes' if f in cpu_flags() else 'no'}" for f in DECIDING_CPU_FLAGS)
-    print(f"\nScore-CAM on {name} layer {layer}, {side}x{side}, device {device}"
-          + (f", at most {max_channels} channels (a check, not a measurement)" if max_channels else ""))
-    print(f"CPU flags: {flags}; torch {torch.__version__}, openvino {(openvino_version() or 'not installed').split('-')[0]}, "
-          f"{torch.get_num_threads()} threads, malloc {'tuned (app/allocator.py)' if tuned else 'glibc defaults'}")
+    print(
+        f"\nScore-CAM on {name} layer {layer}, {side}x{side}, device {device}"
+        + (f", at most {max_channels} channels (a check, not a measurement)" if max_channels else "")
+    )
+    print(
+        f"CPU flags: {flags}; torch {torch.__version__}, openvino {(openvino_version() or 'not installed').split('-')[0]}, "
+        f"{torch.get_num_threads()} threads, malloc {'tuned (app/allocator.py)' if tuned else 'glibc defaults'}"
+    )
 
 
 def report(rows, profiles, modes, rates, default_mode) -> None:  # type: ignore[no-untyped-def]
     peer = rows["pytorch-grad-cam"]["seconds"]
     peer_mean = statistics.mean(peer) if peer else float("nan")
-    print(f"{'runtime':<18} {'precision':>9} {'batch':>5} {'s/image':>8} {'masks/s':>8} {'plain/s':>8} "
-          f"{'share':>6} {'faults':>8} {'pearson':>8} {'speedup':>8}")
+    print(
+        f"{'runtime':<18} {'precision':>9} {'batch':>5} {'s/image':>8} {'masks/s':>8} {'plain/s':>8} "
+        f"{'share':>6} {'faults':>8} {'pearson':>8} {'speedup':>8}"
+    )
     for mode, r in rows.items():
         if not r["seconds"]:
             continue
@@ -249,12 +258,16 @@ def report(rows, profiles, modes, rates, default_mode) -> None:  # type: ignore[
         faults = f"{statistics.mean(r['faults']):.0f}" if r["faults"] else "-"
         pear = f"{min(r['pearson']):.5f}" if r["pearson"] else "-"
         speedup = f"{peer_mean / sec:.1f}x" if peer else "-"
-        print(f"{runtime:<18} {precision:>9} {batch:>5} {sec:>8.2f} {masks:>8.1f} {plain:>8} {share:>6} {faults:>8} "
-              f"{pear:>8} {speedup:>8}")
-    print("\n(* the default, what SCORECAM_RUNTIME=auto and precision auto pick here; plain/s: the runtime's own "
-          "forwards of random batches at the same batch size and precision; share: masks/s over plain/s; faults: "
-          "minor page faults per explanation; pearson: the lowest over the images, against the float64 reference; "
-          "speedup: pytorch-grad-cam's mean seconds per image over the row's)")
+        print(
+            f"{runtime:<18} {precision:>9} {batch:>5} {sec:>8.2f} {masks:>8.1f} {plain:>8} {share:>6} {faults:>8} "
+            f"{pear:>8} {speedup:>8}"
+        )
+    print(
+        "\n(* the default, what SCORECAM_RUNTIME=auto and precision auto pick here; plain/s: the runtime's own "
+        "forwards of random batches at the same batch size and precision; share: masks/s over plain/s; faults: "
+        "minor page faults per explanation; pearson: the lowest over the images, against the float64 reference; "
+        "speedup: pytorch-grad-cam's mean seconds per image over the row's)"
+    )
     print("\nWhere the engine's time goes (share of its total):")
     for mode, prof in profiles.items():
         total = prof.seconds["total"] or 1.0

@@ -95,7 +95,9 @@ def parse_rows(text: str) -> list[Row]:
     for name in [n.strip() for n in text.split(",") if n.strip()]:
         match = ROW_PATTERN.match(name)
         if match is None:
-            sys.exit(f"unknown row {name!r}: use scorecam, scorecam-cs, faster-<k>, faster-<k>-cs, gradcam, gradcam++, recipro-cam, centre")
+            sys.exit(
+                f"unknown row {name!r}: use scorecam, scorecam-cs, faster-<k>, faster-<k>-cs, gradcam, gradcam++, recipro-cam, centre"
+            )
         if match.group(4):
             rows.append(Row(name, match.group(4)))
         else:
@@ -172,8 +174,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100, help="photos of the shared samples (spread evenly)")
     parser.add_argument("--step", type=float, default=0.05, help="share of the pixels deleted / inserted per step")
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated rows (default {DEFAULT_ROWS})")
-    parser.add_argument("--baseline", choices=["zero", "blur"], default="zero",
-                        help="deleted pixels become 0 in normalised space (the mean colour), or a blurred image")
+    parser.add_argument(
+        "--baseline",
+        choices=["zero", "blur"],
+        default="zero",
+        help="deleted pixels become 0 in normalised space (the mean colour), or a blurred image",
+    )
     parser.add_argument("--layer", default=None, help="target layer (default: the model's, bn2)")
     parser.add_argument("--precision", default="auto", help="auto (engine default), fp32, bf16")
     parser.add_argument("--examples", type=int, default=4, help="photos in the overlay grid")
@@ -194,9 +200,12 @@ def main() -> None:
             sys.exit(f"row recipro-cam: {e}")
     samples = load_samples(args.images)
     per_metric = faithfulness_forward_passes(side, side, args.step)
-    print(f"{len(samples)} photos, rows {', '.join(r.name for r in rows)}; layer {layer}, precision {model.precision}, "
-          f"batch {model.batch_size}, step {args.step:g} ({per_metric} forwards per map), baseline {args.baseline}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    print(
+        f"{len(samples)} photos, rows {', '.join(r.name for r in rows)}; layer {layer}, precision {model.precision}, "
+        f"batch {model.batch_size}, step {args.step:g} ({per_metric} forwards per map), baseline {args.baseline}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
 
     from PIL import Image
 
@@ -227,9 +236,12 @@ def main() -> None:
         if i < args.examples:
             examples.append((x[0], f"{label_name} → {loaded.labels[cls]}", {n: m for n, (m, _, _) in maps.items()}))
         elapsed = time.perf_counter() - started
-        print(f"image {i + 1}/{len(samples)} {path.name}: class {cls} ({'correct' if cls == label else f'label {label}'}), "
-              f"{time.perf_counter() - tick:.1f} s (metrics {metric_seconds:.1f} s), "
-              f"eta {elapsed / (i + 1) * (len(samples) - i - 1) / 60:.1f} min", flush=True)
+        print(
+            f"image {i + 1}/{len(samples)} {path.name}: class {cls} ({'correct' if cls == label else f'label {label}'}), "
+            f"{time.perf_counter() - tick:.1f} s (metrics {metric_seconds:.1f} s), "
+            f"eta {elapsed / (i + 1) * (len(samples) - i - 1) / 60:.1f} min",
+            flush=True,
+        )
 
     wall = time.perf_counter() - started
     summaries = {name: summarise(rs) for name, rs in results.items()}
@@ -247,20 +259,26 @@ def main() -> None:
 def print_table(rows, summaries, forwards, seconds, model, per_metric, args, wall, per_image) -> None:  # type: ignore[no-untyped-def]
     n = len(per_image)
     correct = sum(r["correct"] for r in per_image)
-    print(f"\nFaithfulness on {n} photos of imagenet-samples ({correct} predicted correctly), efficientnet_lite0, "
-          f"explaining the predicted class; step {args.step:g}, baseline {args.baseline}; {wall / 60:.1f} min in all")
+    print(
+        f"\nFaithfulness on {n} photos of imagenet-samples ({correct} predicted correctly), efficientnet_lite0, "
+        f"explaining the predicted class; step {args.step:g}, baseline {args.baseline}; {wall / 60:.1f} min in all"
+    )
     head = f"{'row':<13} {'mode':<58} {'fwd/img':>7} {'s/img':>6} {'Drop↓':>6} {'Incr↑':>6} {'Ins↑':>6} {'Del↓':>6}"
     print(head + "   paper VGG16: Drop  Incr   Ins    Del")
     for row in rows:
         s = summaries[row.name]
         paper = PAPER.get(row.name)
         ref = f"   {paper[0]:>16.1f} {paper[1]:>5.1f} {paper[2]:>6.3f} {paper[3]:>6.3f}" if paper else ""
-        print(f"{row.name:<13} {row.mode(model):<58} {statistics.mean(forwards[row.name]):>7.0f} "
-              f"{statistics.mean(seconds[row.name]):>6.2f} {s.average_drop:>6.1f} {s.increase:>6.1f} "
-              f"{s.insertion_auc:>6.3f} {s.deletion_auc:>6.3f}{ref}")
-    print(f"(+ {per_metric} forwards per row and image for the metrics; Score-CAM rows with the same channels share "
-          "their masked forwards and their s/img; recipro-cam's fwd/img are head runs, not whole forwards; "
-          "Drop and Incr in %, AUCs of the class probability)")
+        print(
+            f"{row.name:<13} {row.mode(model):<58} {statistics.mean(forwards[row.name]):>7.0f} "
+            f"{statistics.mean(seconds[row.name]):>6.2f} {s.average_drop:>6.1f} {s.increase:>6.1f} "
+            f"{s.insertion_auc:>6.3f} {s.deletion_auc:>6.3f}{ref}"
+        )
+    print(
+        f"(+ {per_metric} forwards per row and image for the metrics; Score-CAM rows with the same channels share "
+        "their masked forwards and their s/img; recipro-cam's fwd/img are head runs, not whole forwards; "
+        "Drop and Incr in %, AUCs of the class probability)"
+    )
 
 
 def write_json(args, rows, summaries, forwards, seconds, model, layer, per_image, wall) -> None:  # type: ignore[no-untyped-def]
@@ -273,8 +291,12 @@ def write_json(args, rows, summaries, forwards, seconds, model, layer, per_image
         "batch_size": model.batch_size,
         "wall_seconds": wall,
         "rows": {
-            row.name: {"mode": row.mode(model), "forwards_per_image": statistics.mean(forwards[row.name]),
-                       "seconds_per_image": statistics.mean(seconds[row.name]), **asdict(summaries[row.name])}
+            row.name: {
+                "mode": row.mode(model),
+                "forwards_per_image": statistics.mean(forwards[row.name]),
+                "seconds_per_image": statistics.mean(seconds[row.name]),
+                **asdict(summaries[row.name]),
+            }
             for row in rows
         },
         "paper_vgg16": {k: dict(zip(["average_drop", "increase", "insertion_auc", "deletion_auc"], v)) for k, v in PAPER.items()},

@@ -49,7 +49,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.serving import ServerProcess  # noqa: E402
+from bench.serving import ServerProcess
 
 SAMPLE = ROOT.parent / "shared" / "eval" / "imagenet-samples" / "n02128925_jaguar.JPEG"
 REJECT_WITHIN_S = 0.050
@@ -185,8 +185,14 @@ class Result:
         u, o = self.unloaded, self.overload
         rejected = o.rejected()
         return [
-            ("unloaded p50 / p95 (s)", f"{percentile(u.ok(), 0.5):.3f} / {percentile(u.ok(), 0.95):.3f}  ({len(u.ok())} requests)"),
-            *[(f"capacity, {p.name}", f"{p.ok_rate:.3f} ok/s, p95 {percentile(p.ok(), 0.95):.3f} s, {len(p.rejected())} x 503") for p in self.ramp],
+            (
+                "unloaded p50 / p95 (s)",
+                f"{percentile(u.ok(), 0.5):.3f} / {percentile(u.ok(), 0.95):.3f}  ({len(u.ok())} requests)",
+            ),
+            *[
+                (f"capacity, {p.name}", f"{p.ok_rate:.3f} ok/s, p95 {percentile(p.ok(), 0.95):.3f} s, {len(p.rejected())} x 503")
+                for p in self.ramp
+            ],
             ("capacity (best of the ramp)", f"{self.capacity_rps:.3f} /s"),
             ("offered in overload", f"{self.offered_rps:.3f} /s for {o.sending_seconds:.0f} s: {len(o.samples)} sent"),
             ("sender's longest stall (ms)", f"{self.overload.sender_stall_s * 1000:.1f}"),
@@ -200,7 +206,10 @@ class Result:
                 f"{percentile([s.seconds for s in rejected], 0.99) * 1000:.1f} / "
                 f"{max((s.seconds for s in rejected), default=float('nan')) * 1000:.1f}",
             ),
-            ("other answers", ", ".join(sorted({str(s.status) + (f" {s.error}" if s.error else "") for s in o.others()})) or "none"),
+            (
+                "other answers",
+                ", ".join(sorted({str(s.status) + (f" {s.error}" if s.error else "") for s in o.others()})) or "none",
+            ),
         ]
 
     @property
@@ -230,7 +239,9 @@ class Result:
             problems.append("a 503 without Retry-After")
         slow = [s.seconds for s in o.rejected() if s.seconds > REJECT_WITHIN_S]
         if slow:
-            problems.append(f"{len(slow)} of {len(o.rejected())} 503s took over {REJECT_WITHIN_S * 1000:.0f} ms (max {max(slow) * 1000:.1f} ms)")
+            problems.append(
+                f"{len(slow)} of {len(o.rejected())} 503s took over {REJECT_WITHIN_S * 1000:.0f} ms (max {max(slow) * 1000:.1f} ms)"
+            )
         if o.ok() and self.latency_ratio > LATENCY_FACTOR:
             problems.append(f"accepted p95 is {self.latency_ratio:.2f}x the unloaded p95")
         return problems
@@ -298,11 +309,12 @@ def burst_report(samples: list[Sample], drain_s: float) -> list[tuple[str, str]]
     statuses = ", ".join(f"{n} x {c}" for c, n in sorted(Counter(s.status for s in samples).items()))
     rows = [
         ("answers", statuses),
-        ("503 latency p50 / p99 / max (ms)",
-         f"{percentile(latencies, 0.5) * 1000:.1f} / {percentile(latencies, 0.99) * 1000:.1f} / "
-         f"{max(latencies, default=float('nan')) * 1000:.1f}"),
-        ("Retry-After min / median / max (s)",
-         f"{retry[0]} / {retry[len(retry) // 2]} / {retry[-1]}" if retry else "none"),
+        (
+            "503 latency p50 / p99 / max (ms)",
+            f"{percentile(latencies, 0.5) * 1000:.1f} / {percentile(latencies, 0.99) * 1000:.1f} / "
+            f"{max(latencies, default=float('nan')) * 1000:.1f}",
+        ),
+        ("Retry-After min / median / max (s)", f"{retry[0]} / {retry[len(retry) // 2]} / {retry[-1]}" if retry else "none"),
         ("drain: burst to last 200 (s)", f"{drain_s:.1f}"),
         ("median Retry-After / drain", f"{retry[len(retry) // 2] / drain_s:.2f}x" if retry and drain_s else "n/a"),
     ]
@@ -334,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if server is not None:
                 server.stop()
-        print(f"burst of {args.burst} JSON explanations (max_channels {args.max_channels}), "
-              f"queue limit {args.burst_forwards} forwards; {cpu_kind()}")
+        print(
+            f"burst of {args.burst} JSON explanations (max_channels {args.max_channels}), "
+            f"queue limit {args.burst_forwards} forwards; {cpu_kind()}"
+        )
         for name, value in burst_report(samples, drain_s):
             print(f"  {name:<34} {value}")
         return 0
@@ -344,13 +358,17 @@ def main(argv: list[str] | None = None) -> int:
         server = ServerProcess(tiny=args.tiny, env=env, tiny_delay_s=args.tiny_delay).start()
         url = server.url
     try:
-        result = asyncio.run(measure(url, args.endpoint, args.max_channels, args.seconds, args.factor, max(1, args.queue_requests)))
+        result = asyncio.run(
+            measure(url, args.endpoint, args.max_channels, args.seconds, args.factor, max(1, args.queue_requests))
+        )
     finally:
         if server is not None:
             server.stop()
     target = "tiny model" if args.tiny else "embedded model" if server else url
     detail = f", max_channels {args.max_channels}" if args.endpoint == "explain" else ""
-    print(f"overload of /v1/{args.endpoint} ({target}{detail}), queue limit {args.queue_requests} requests, {args.factor:g}x capacity")
+    print(
+        f"overload of /v1/{args.endpoint} ({target}{detail}), queue limit {args.queue_requests} requests, {args.factor:g}x capacity"
+    )
     for name, value in result.rows():
         print(f"  {name:<34} {value}")
     failures = result.failures()

@@ -50,11 +50,13 @@ from fastapi import File, UploadFile
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.serving import ServerProcess  # noqa: E402
+from bench.serving import ServerProcess
 
 SAMPLES = REPO.parent / "shared" / "eval" / "imagenet-samples"
-# app/service/warmup.py's line once a model is warm: "model M ready on cpu: runtime R, precision P, batch size N"
-WARM_LINE = re.compile(r"model (\S+?):? (?:ready|warm) (?:in worker process \d+ )?on \S+?:? .*?runtime (\w+), precision (\w+), batch size (\d+)")
+# app/serving/warmup.py's line once a model is warm: "model M ready on cpu: runtime R, precision P, batch size N"
+WARM_LINE = re.compile(
+    r"model (\S+?):? (?:ready|warm) (?:in worker process \d+ )?on \S+?:? .*?runtime (\w+), precision (\w+), batch size (\d+)"
+)
 
 
 # ---- the baseline server ------------------------------------------------------------------
@@ -125,8 +127,11 @@ class Served:
 def start_service(args: argparse.Namespace) -> tuple[ServerProcess, Served]:
     """``scorecam serve`` (README defaults) and what it reports; the batch size from its INFO log."""
     env = {"SCORECAM_LOG_LEVEL": "info"}  # the README default (bench/serving.py would set warning)
-    for flag, variable in (("runtime", "SCORECAM_RUNTIME"), ("precision", "SCORECAM_PRECISION"),
-                           ("batch_size", "SCORECAM_EXPLAIN_BATCH_SIZE")):
+    for flag, variable in (
+        ("runtime", "SCORECAM_RUNTIME"),
+        ("precision", "SCORECAM_PRECISION"),
+        ("batch_size", "SCORECAM_EXPLAIN_BATCH_SIZE"),
+    ):
         if getattr(args, flag) is not None:
             env[variable] = str(getattr(args, flag))
     server = ServerProcess(env=env).start(ready_timeout_s=900)  # python -m app.cli serve --port P
@@ -138,8 +143,7 @@ def start_service(args: argparse.Namespace) -> tuple[ServerProcess, Served]:
         sys.exit(f"the service reported no batch size for {entry['name']}; its log ends:\n{server.log_tail()}")
     if warm and (warm.group(2), warm.group(3)) != (entry["runtime"], entry["precision"]):
         print(f"(warm-up line {warm.group(0)!r} disagrees with /v1/models {entry})", file=sys.stderr)
-    served = Served(entry["name"], entry["target_layer"], entry["device"], entry["precision"], entry["runtime"],
-                    int(batch_size))
+    served = Served(entry["name"], entry["target_layer"], entry["device"], entry["precision"], entry["runtime"], int(batch_size))
     return server, served
 
 
@@ -198,26 +202,35 @@ def build_engine(served: Served) -> tuple[Any, Callable[[bytes], Any]]:
 
     from app.cam import InferenceModel, ScoreCAM
     from app.config import Settings
-    from app.models import default_registry
     from app.imaging.images import ImageLimits, decode_image
+    from app.models import default_registry
 
     loaded = default_registry().load(served.model)
     size = loaded.preprocessing.input_size
-    model = InferenceModel(loaded.module, device=served.device, precision=served.precision,
-                           batch_size=served.batch_size, input_size=size, runtime=served.runtime, label=served.model)
+    model = InferenceModel(
+        loaded.module,
+        device=served.device,
+        precision=served.precision,
+        batch_size=served.batch_size,
+        input_size=size,
+        runtime=served.runtime,
+        label=served.model,
+    )
     if (model.runtime_name, model.precision) != (served.runtime, served.precision):
-        print(f"(in-process engine is {model.runtime_name} {model.precision}, the service {served.runtime} "
-              f"{served.precision}: see the log)", file=sys.stderr)
+        print(
+            f"(in-process engine is {model.runtime_name} {model.precision}, the service {served.runtime} "
+            f"{served.precision}: see the log)",
+            file=sys.stderr,
+        )
     settings = Settings()
     limits = ImageLimits(settings.max_upload_bytes, settings.max_megapixels, settings.max_aspect_ratio)
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    model.predict_logits(x)  # the service's warm-up (app/service/warmup.py)
+    model.predict_logits(x)  # the service's warm-up (app/serving/warmup.py)
     ScoreCAM(model, served.layer, max_channels=8)(x)
     return model, lambda data: loaded.preprocessing.full_tensor(decode_image(data, limits))[None]
 
 
-def in_process(model: Any, layer: str, xs: list[Any], sequence: list[int], clients: int,
-               max_channels: int | None) -> float:
+def in_process(model: Any, layer: str, xs: list[Any], sequence: list[int], clients: int, max_channels: int | None) -> float:
     """Seconds per explanation of ``sequence`` with ``clients`` explanations in flight, in this thread."""
     from app.cam import ScoreCAM, fill_batch, run_batch
 
@@ -258,8 +271,18 @@ def cpu_kind() -> tuple[str, str, float]:
     """(model name, kind, goal speed-up over pytorch-grad-cam) from /proc/cpuinfo."""
     from app.cam.precision import cpu_flags
 
-    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
+    name = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "unknown",
+        )
+        if Path("/proc/cpuinfo").exists()
+        else "unknown"
+    )
     flags = cpu_flags()
     if flags & {"avx512_bf16", "amx_bf16"}:
         return name, "native bf16", 20.0
@@ -275,28 +298,38 @@ def print_header(served: Served, args: argparse.Namespace, photos: str) -> float
     name, kind, goal = cpu_kind()
     flags = " ".join(f"{f}={'yes' if f in cpu_flags() else 'no'}" for f in DECIDING_CPU_FLAGS)
     native = "yes" if cpu_has_native_bf16() else "no"
-    print(f"\nCPU: {name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; kind: {kind} ({flags}; "
-          f"engine treats bf16 as native: {native})")
-    print(f"torch {torch.__version__}, openvino {(openvino_version() or 'not installed').split('-')[0]}, "
-          f"pytorch-grad-cam {importlib.metadata.version('grad-cam')}")
-    print(f"served: model {served.model}, layer {served.layer}, device {served.device}, precision {served.precision}, "
-          f"runtime {served.runtime}, batch size {served.batch_size}; photos: {photos}; outputs=heatmap"
-          + (f"; max_channels {args.max_channels} (a check, not the measurement)" if args.max_channels else ""))
+    print(
+        f"\nCPU: {name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; kind: {kind} ({flags}; "
+        f"engine treats bf16 as native: {native})"
+    )
+    print(
+        f"torch {torch.__version__}, openvino {(openvino_version() or 'not installed').split('-')[0]}, "
+        f"pytorch-grad-cam {importlib.metadata.version('grad-cam')}"
+    )
+    print(
+        f"served: model {served.model}, layer {served.layer}, device {served.device}, precision {served.precision}, "
+        f"runtime {served.runtime}, batch size {served.batch_size}; photos: {photos}; outputs=heatmap"
+        + (f"; max_channels {args.max_channels} (a check, not the measurement)" if args.max_channels else "")
+    )
     return goal
 
 
-def print_tables(levels: list[Level], engine: dict[int, float], baseline: Level | None, goal: float,
-                 default_mode: bool) -> None:
-    print(f"\n{'clients':>7} {'served s/expl':>13} {'compute s':>9} {'in-process s/expl':>17} "
-          f"{'in-process/served':>17} {'goal >= 0.95':>12}")
+def print_tables(levels: list[Level], engine: dict[int, float], baseline: Level | None, goal: float, default_mode: bool) -> None:
+    print(
+        f"\n{'clients':>7} {'served s/expl':>13} {'compute s':>9} {'in-process s/expl':>17} "
+        f"{'in-process/served':>17} {'goal >= 0.95':>12}"
+    )
     for level in levels:
         ratio = engine[level.clients] / level.per_explanation
         compute = statistics.mean(level.compute_ms) / 1000 if level.compute_ms else float("nan")
-        print(f"{level.clients:>7} {level.per_explanation:>13.3f} {compute:>9.3f} {engine[level.clients]:>17.3f} "
-              f"{ratio:>17.3f} {'met' if ratio >= 0.95 else 'missed':>12}"
-              + (f"  ({level.failed} failed)" if level.failed else ""))
-    print("(s/expl: wall time of the level over its explanations; compute s: the service's mean compute_ms "
-          "per request, start to finish of its job, so about clients x s/expl when requests share batches)")
+        print(
+            f"{level.clients:>7} {level.per_explanation:>13.3f} {compute:>9.3f} {engine[level.clients]:>17.3f} "
+            f"{ratio:>17.3f} {'met' if ratio >= 0.95 else 'missed':>12}" + (f"  ({level.failed} failed)" if level.failed else "")
+        )
+    print(
+        "(s/expl: wall time of the level over its explanations; compute s: the service's mean compute_ms "
+        "per request, start to finish of its job, so about clients x s/expl when requests share batches)"
+    )
     one = next((lv for lv in levels if lv.clients == 1), None)
     if baseline is None or one is None or not baseline.latencies:
         return
@@ -305,11 +338,15 @@ def print_tables(levels: list[Level], engine: dict[int, float], baseline: Level 
     speedup = theirs / ours
     print(f"\n{'1 client, same photos':<32} {'s/expl':>8} {'speed-up':>9}")
     print(f"{'pytorch-grad-cam FastAPI':<32} {theirs:>8.2f} {'1.0x':>9}")
-    print(f"{'service, ' + ('default mode' if default_mode else 'NOT the default mode'):<32} {ours:>8.2f} "
-          f"{speedup:>8.1f}x   goal >= {goal:.0f}x on this CPU kind: "
-          + (("met" if speedup >= goal else "missed") if default_mode else "not judged (not the default mode)"))
-    print(f"(mean latency of the {len(baseline.latencies)} baseline requests and of the service's 1-client requests "
-          f"on the same {len(photos)} photo(s))")
+    print(
+        f"{'service, ' + ('default mode' if default_mode else 'NOT the default mode'):<32} {ours:>8.2f} "
+        f"{speedup:>8.1f}x   goal >= {goal:.0f}x on this CPU kind: "
+        + (("met" if speedup >= goal else "missed") if default_mode else "not judged (not the default mode)")
+    )
+    print(
+        f"(mean latency of the {len(baseline.latencies)} baseline requests and of the service's 1-client requests "
+        f"on the same {len(photos)} photo(s))"
+    )
 
 
 def main() -> None:
@@ -334,7 +371,7 @@ def main() -> None:
     photos, where = load_photos(args.photos)
     levels = [int(v) for v in args.levels.split(",")]
     form = {"outputs": "heatmap"} | ({"max_channels": str(args.max_channels)} if args.max_channels else {})
-    sequence = lambda n: [i % len(photos) for i in range(n)]  # noqa: E731
+    sequence = lambda n: [i % len(photos) for i in range(n)]
 
     server, served = start_service(args)
     try:
@@ -346,17 +383,20 @@ def main() -> None:
         engine: dict[int, float] = {}
         results: list[Level] = []
         for clients in levels:  # interleaved, one side at a time: a drifting machine load hits both alike
-            engine[clients] = in_process(model, served.layer, xs, sequence(max(args.requests, clients)), clients,
-                                         args.max_channels)
+            engine[clients] = in_process(
+                model, served.layer, xs, sequence(max(args.requests, clients)), clients, args.max_channels
+            )
             results.append(asyncio.run(run_level(server.url, photos, sequence(max(args.requests, clients)), clients, form)))
-            print(f"{clients} client(s): in-process {engine[clients]:.3f} s/expl, served "
-                  f"{results[-1].per_explanation:.3f} s/expl", flush=True)
+            print(
+                f"{clients} client(s): in-process {engine[clients]:.3f} s/expl, served {results[-1].per_explanation:.3f} s/expl",
+                flush=True,
+            )
     finally:
         server.stop(timeout_s=120)
 
     baseline = None
     if args.baseline_requests > 0:
-        command = lambda port: [sys.executable, __file__, "--serve-baseline", str(port)]  # noqa: E731
+        command = lambda port: [sys.executable, __file__, "--serve-baseline", str(port)]
         with ServerProcess(command_for_port=command) as peer:
             asyncio.run(run_level(peer.url, photos, [0], 1, {}))  # untimed warm request
             baseline = asyncio.run(run_level(peer.url, photos, sequence(args.baseline_requests), 1, {}))

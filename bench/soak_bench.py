@@ -102,9 +102,15 @@ def encode(image: Image.Image, fmt: str, name: str) -> Upload:
 def generated_uploads() -> list[Upload]:
     """Images of several sizes, colour modes and formats; one PNG over 1 MiB (spooled to disk)."""
     shapes = [
-        ((64, 48), "RGB", "PNG"), ((224, 224), "RGB", "JPEG"), ((320, 240), "RGB", "WEBP"),
-        ((500, 375), "RGBA", "PNG"), ((640, 480), "RGB", "BMP"), ((300, 200), "P", "GIF"),
-        ((1024, 768), "L", "JPEG"), ((2048, 1536), "RGB", "JPEG"), ((97, 701), "RGB", "PNG"),
+        ((64, 48), "RGB", "PNG"),
+        ((224, 224), "RGB", "JPEG"),
+        ((320, 240), "RGB", "WEBP"),
+        ((500, 375), "RGBA", "PNG"),
+        ((640, 480), "RGB", "BMP"),
+        ((300, 200), "P", "GIF"),
+        ((1024, 768), "L", "JPEG"),
+        ((2048, 1536), "RGB", "JPEG"),
+        ((97, 701), "RGB", "PNG"),
     ]
     uploads = []
     for (w, h), mode, fmt in shapes:
@@ -212,8 +218,15 @@ def take_sample(pid: int, t: float, tally: Tally, settled: bool = False) -> Samp
 
 
 async def soak(
-    url: str, pid: int, seconds: float, interval: float, clients: int, mix: Mix, uploads: list[Upload],
-    seed: int = 0, report: Callable[[Sample], None] = lambda s: None,
+    url: str,
+    pid: int,
+    seconds: float,
+    interval: float,
+    clients: int,
+    mix: Mix,
+    uploads: list[Upload],
+    seed: int = 0,
+    report: Callable[[Sample], None] = lambda s: None,
 ) -> tuple[list[Sample], Tally]:
     """Drive the load for ``seconds``; a sample every ``interval`` s (t = 0 first) and a settled one last."""
     tally, stop, samples = Tally(), asyncio.Event(), []
@@ -286,8 +299,10 @@ def summary(samples: list[Sample], warmup: float, tally: Tally) -> list[str]:
         f"rss: {after.rss_mib:.1f} MiB at t={after.t:g} s -> {end.rss_mib:.1f} MiB at the end ({growth:+.1%})",
     ]
     for name in ("threads", "fds"):
-        lines.append(f"{name}: warm-up max {max(getattr(s, name) for s in warm)}, end {getattr(end, name)} "
-                     f"(max under load after the warm-up: {max((getattr(s, name) for s in loaded), default='-')})")
+        lines.append(
+            f"{name}: warm-up max {max(getattr(s, name) for s in warm)}, end {getattr(end, name)} "
+            f"(max under load after the warm-up: {max((getattr(s, name) for s in loaded), default='-')})"
+        )
     return lines
 
 
@@ -297,8 +312,10 @@ HEADER = f"{'t s':>7} {'rss MiB':>8} {'threads':>7} {'fds':>5} {'ok':>7} {'503':
 def row(sample: Sample, previous: Sample | None) -> str:
     rate = (sample.ok - previous.ok) / (sample.t - previous.t) if previous and sample.t > previous.t else 0.0
     label = f"{sample.t:g}" + ("*" if sample.settled else "")
-    return (f"{label:>7} {sample.rss_mib:>8.1f} {sample.threads:>7} {sample.fds:>5} {sample.ok:>7} {sample.shed:>5} "
-            f"{sample.failed:>5} {rate:>6.2f}")
+    return (
+        f"{label:>7} {sample.rss_mib:>8.1f} {sample.threads:>7} {sample.fds:>5} {sample.ok:>7} {sample.shed:>5} "
+        f"{sample.failed:>5} {rate:>6.2f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,9 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     uploads = generated_uploads() + ([] if args.no_photos else photo_uploads())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = args.url or ("tiny" if args.tiny else "python -m app.cli serve (embedded model)")
-    print(f"soak: {target}, {args.seconds:g} s, warm-up {args.warmup:g} s, {args.clients} clients, "
-          f"explain share {mix.explain_share}, max_channels {mix.max_channels}, {len(uploads)} images, "
-          f"{os.cpu_count()} cpu cores")
+    print(
+        f"soak: {target}, {args.seconds:g} s, warm-up {args.warmup:g} s, {args.clients} clients, "
+        f"explain share {mix.explain_share}, max_channels {mix.max_channels}, {len(uploads)} images, "
+        f"{os.cpu_count()} cpu cores"
+    )
     last: list[Sample] = []
 
     def report(sample: Sample) -> None:
@@ -361,8 +380,18 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"soak-{stamp}.json"
     config = vars(args) | {"images": len(uploads), "cpu_count": os.cpu_count()}
-    path.write_text(json.dumps({"config": config, "samples": [asdict(s) for s in samples],
-                                "answers": tally.as_dict(), "failures": failures, "pass": not failures}, indent=2))
+    path.write_text(
+        json.dumps(
+            {
+                "config": config,
+                "samples": [asdict(s) for s in samples],
+                "answers": tally.as_dict(),
+                "failures": failures,
+                "pass": not failures,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {path.relative_to(ROOT)}")
     return 0 if not failures else 1
 

@@ -71,10 +71,7 @@ def shared_samples() -> list[Sample]:
     if not labels.is_file():
         pytest.skip(f"shared ImageNet samples not found at {SHARED_SAMPLES} (a fresh clone has no ../shared)")
     with labels.open(newline="") as f:
-        return [
-            Sample(SHARED_SAMPLES / row["file"], int(row["class_index"]), row["name"])
-            for row in csv.DictReader(f)
-        ]
+        return [Sample(SHARED_SAMPLES / row["file"], int(row["class_index"]), row["name"]) for row in csv.DictReader(f)]
 
 
 @pytest.fixture(scope="session")

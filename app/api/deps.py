@@ -13,20 +13,20 @@ from fastapi import Depends, Header, Request
 
 from app.api.errors import Unauthorized
 from app.config import Settings
-from app.service.score_cam_service import ScoreCamService
-from app.service.prometheus import ServiceMetrics
+from app.serving.prometheus import ServiceMetrics
+from app.serving.service import ScoreCamService
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 async def get_service(request: Request) -> ScoreCamService:
-    return request.app.state.service  # type: ignore[no-any-return]
+    return request.app.state.service
 
 
 async def get_metrics(request: Request) -> ServiceMetrics:
-    return request.app.state.metrics  # type: ignore[no-any-return]
+    return request.app.state.metrics
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

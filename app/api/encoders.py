@@ -2,38 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from app.api.rendering import Explanation
 from app.api.schemas import (
     ExplainOptions,
     ExplainResponse,
     ExplanationOut,
     MetricsOut,
+    ModelEntry,
     PredictionOut,
     PredictResponse,
     RawMapOut,
     StatsOut,
     TimingOut,
 )
-from app.service.outcomes import ExplainOutcome, ExplainSpec, Prediction, PredictOutcome, Timing
+from app.protocol.messages import ModelInfo
+from app.serving.outcomes import ExplainOutcome, Prediction, PredictOutcome, Timing
+from app.serving.requests import ExplainSpec
 
 
 def explain_spec(options: ExplainOptions) -> ExplainSpec:
-    return ExplainSpec(
-        model=options.model,
-        method=options.method,
-        classes=tuple(options.classes) if options.classes else None,
-        top_k=options.top_k,
-        layer=options.layer,
-        outputs=frozenset(options.outputs),
-        precision=options.precision,
-        weighting=options.weighting,
-        max_channels=options.max_channels,
-        metrics=options.metrics,
-        metrics_step=options.metrics_step,
-        partial_maps=options.partial_maps,
-        partial_maps_every=options.partial_maps_every,
-    )
+    """The validated options as the service takes them (the same names; lists become tuples and sets)."""
+    fields = options.model_dump(include={f.name for f in dataclasses.fields(ExplainSpec)} - {"classes", "outputs"})
+    classes = tuple(options.classes) if options.classes else None
+    return ExplainSpec(**fields, classes=classes, outputs=frozenset(options.outputs))
 
 
 def predictions_out(predictions: list[Prediction]) -> list[PredictionOut]:
@@ -56,11 +50,18 @@ def predict_response(outcome: PredictOutcome) -> PredictResponse:
     )
 
 
-def explain_response(outcome: ExplainOutcome) -> ExplainResponse:
+def model_entry(model: ModelInfo) -> ModelEntry:
+    """A served model as /v1/models describes it."""
+    shared = {name: getattr(model, name) for name in ("name", "device", "precision", "runtime", "input_size", "num_classes")}
+    layers = {"layers": list(model.layers), "recipro_layers": list(model.recipro_layers)}
+    return ModelEntry.model_validate({**shared, **layers, "default": model.is_default, "target_layer": model.default_layer})
+
+
+def explain_response(outcome: ExplainOutcome, explanations: list[Explanation]) -> ExplainResponse:
     stats = outcome.stats
     return ExplainResponse(
         model=outcome.model,
-        method=outcome.method,  # type: ignore[arg-type]
+        method=outcome.method,
         layer=outcome.layer,
         width=outcome.width,
         height=outcome.height,
@@ -75,13 +76,13 @@ def explain_response(outcome: ExplainOutcome) -> ExplainResponse:
                 raw=RawMapOut(shape=list(e.raw.shape), data=e.raw.data) if e.raw is not None else None,
                 metrics=MetricsOut(**e.metrics.to_dict()) if e.metrics is not None else None,
             )
-            for e in outcome.explanations
+            for e in explanations
         ],
         stats=StatsOut(
             channels=stats.channels,
             forward_passes=stats.forward_passes,
-            masked_forwards=stats.masked_forwards,
-            channels_skipped=stats.channels_skipped,
+            masked_forwards=stats.forwarded,
+            channels_skipped=stats.skipped_constant + stats.skipped_duplicate + stats.skipped_by_max,
             skipped_constant=stats.skipped_constant,
             skipped_duplicate=stats.skipped_duplicate,
             skipped_by_max=stats.skipped_by_max,
@@ -90,6 +91,6 @@ def explain_response(outcome: ExplainOutcome) -> ExplainResponse:
     )
 
 
-def explain_json(outcome: ExplainOutcome) -> dict[str, Any]:
+def explain_json(outcome: ExplainOutcome, explanations: list[Explanation]) -> dict[str, Any]:
     """The response body, without the outputs that were not asked for."""
-    return explain_response(outcome).model_dump(mode="json", exclude_none=True)
+    return explain_response(outcome, explanations).model_dump(mode="json", exclude_none=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,7 +21,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from app import errors as domain
-from app.service.work import next_request_id
+from app.serving.work import next_request_id
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_CHARS = 1000  # messages quote the caller's input: a 100 KB model name is not echoed back
@@ -81,7 +82,7 @@ def shorten(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
-def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+def error_body(code: str, message: str, details: object = None) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": shorten(message)}
     if details is not None:
         error["details"] = details
@@ -96,10 +97,9 @@ def status_of(error: domain.ScoreCamError) -> int:
 
 
 def error_headers(error: domain.ScoreCamError) -> dict[str, str]:
-    retry = getattr(error, "retry_after_s", None)
     headers: dict[str, str] = {}
-    if retry is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry)))
+    if isinstance(error, domain.RetryLater):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="scorecam"'
     if isinstance(error, BodyTimeout):
@@ -117,7 +117,7 @@ def error_details(error: domain.ScoreCamError) -> list[dict[str, str]] | None:
 def error_response(error: domain.ScoreCamError) -> JSONResponse:
     body = error_body(error.code, error.message, error_details(error))
     headers = error_headers(error)
-    request_id = getattr(error, "request_id", None)
+    request_id = error.request_id if isinstance(error, domain.InternalError) else None
     if not request_id and status_of(error) == 500:
         request_id = next_request_id()
         log.error("%s (request %s): %s", error.code, request_id, error.message)
@@ -142,7 +142,7 @@ def validation_message(details: list[dict[str, Any]]) -> str:
 
 async def domain_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, domain.ScoreCamError)
-    if status_of(exc) >= 500 and not isinstance(exc, (domain.QueueFull, domain.ServiceUnavailable)):
+    if status_of(exc) >= 500 and not isinstance(exc, domain.RetryLater):
         log.warning("%s: %s", exc.code, exc.message)
     return error_response(exc)
 
@@ -183,27 +183,28 @@ async def unexpected_error_handler(_request: Request, exc: Exception) -> JSONRes
     return JSONResponse(body, 500, headers={"X-Request-ID": request_id})
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(domain.ScoreCamError, domain_error_handler)
-    app.add_exception_handler(RequestValidationError, validation_error_handler)
-    app.add_exception_handler(ValidationError, validation_error_handler)
-    app.add_exception_handler(StarletteHTTPException, http_error_handler)
-    app.add_exception_handler(ClientDisconnect, client_disconnect_handler)
-    app.add_exception_handler(Exception, unexpected_error_handler)
-    shape_protocol_errors(app)
-
-
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
 PROTOCOL_PREFIX = "/v2"  # the Open Inference Protocol's routes (app/api/routes/v2.py)
 
 
-def shape_protocol_errors(app: FastAPI) -> None:
-    """Under /v2 every handler's answer becomes the protocol's ``{"error": "<message>"}``,
-    with the same status and headers as /v1's, so tritonclient and KServe clients read it."""
-    for key, handler in list(app.exception_handlers.items()):
-        app.exception_handlers[key] = _protocol_shaped(handler)
+def install_error_handlers(app: FastAPI) -> None:
+    """The handlers above, each answering under /v2 in the protocol's ``{"error": "<message>"}``."""
+    handlers: list[tuple[type[Exception], ErrorHandler]] = [
+        (domain.ScoreCamError, domain_error_handler),
+        (RequestValidationError, validation_error_handler),
+        (ValidationError, validation_error_handler),
+        (StarletteHTTPException, http_error_handler),
+        (ClientDisconnect, client_disconnect_handler),
+        (Exception, unexpected_error_handler),
+    ]
+    for kind, handler in handlers:
+        app.add_exception_handler(kind, protocol_shaped(handler))
 
 
-def _protocol_shaped(handler: Any) -> Any:
+def protocol_shaped(handler: ErrorHandler) -> ErrorHandler:
+    """``handler``, whose answers under /v2 become the protocol's ``{"error": "<message>"}`` with the
+    same status and headers as /v1's, so tritonclient and KServe clients read them."""
+
     async def shaped(request: Request, exc: Exception) -> Response:
         response = await handler(request, exc)
         path = request.url.path

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import PROTOCOL_PREFIX, BodyTimeout, error_body, shorten
 from app.errors import ImageTooLarge
-from app.service.prometheus import ServiceMetrics
+from app.serving.prometheus import ServiceMetrics
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -135,7 +135,11 @@ async def _send_error(send: Send, status: int, code: str, message: str, protocol
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -83,13 +83,17 @@ def install_schema_limits(app: FastAPI, settings: Settings) -> None:
         if app.openapi_schema is None:
             schema = build()
             _limit(schema, "/v1/predict", {"top_k": {"maximum": settings.max_top_k}})
-            _limit(schema, "/v1/explain", {"top_k": {"maximum": settings.max_classes}, "classes": {"maxItems": settings.max_classes, "items": CLASS_INDEX}})
+            _limit(
+                schema,
+                "/v1/explain",
+                {"top_k": {"maximum": settings.max_classes}, "classes": {"maxItems": settings.max_classes, "items": CLASS_INDEX}},
+            )
         return app.openapi_schema or build()
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented hook for a custom schema
 
 
-def _limit(schema: dict[str, Any], path: str, limits: dict[str, dict[str, int]]) -> None:
+def _limit(schema: dict[str, Any], path: str, limits: dict[str, dict[str, object]]) -> None:
     """Add ``limits`` to the JSON body's properties of ``path`` (to the array branch of an optional list)."""
     operation = schema.get("paths", {}).get(path, {}).get("post")
     if operation is None:

@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.methods import MethodName, Precision, TorchPrecision, Weighting
+
 MIN_PARTIAL_MAPS_EVERY = 0.01  # a partial map costs a host copy of every class's map: at most 100 per request
 
-Method = Literal["scorecam", "gradcam", "gradcam++", "recipro-cam"]
+Method = MethodName  # the vocabularies are written once, in app.methods
 Output = Literal["heatmap", "overlay", "raw"]
-Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
-Weighting = Literal["probability", "channel-softmax"]
 
 
 # ---- requests ----------------------------------------------------------------------------
@@ -22,7 +22,9 @@ class PredictOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(default=None, description="Model name (default: the default model).", examples=["efficientnet_lite0"])
+    model: str | None = Field(
+        default=None, description="Model name (default: the default model).", examples=["efficientnet_lite0"]
+    )
     top_k: int = Field(default=5, ge=1, description="How many classes to return, most probable first.")
 
 
@@ -44,9 +46,7 @@ class ExplainOptions(BaseModel):
     )
     top_k: int = Field(default=1, ge=1, description="Explain the top_k predicted classes when classes is not given.")
     layer: str | None = Field(default=None, description="Target layer (default: the model's target_layer).")
-    outputs: list[Output] = Field(
-        default=["heatmap", "overlay"], min_length=1, description="Any of heatmap, overlay, raw."
-    )
+    outputs: list[Output] = Field(default=["heatmap", "overlay"], min_length=1, description="Any of heatmap, overlay, raw.")
     precision: Precision | None = Field(default=None, description="Masked-forward precision (default: the model's).")
     weighting: Weighting = Field(default="probability", description="probability (the paper's code) or channel-softmax.")
     max_channels: int | None = Field(
@@ -138,9 +138,7 @@ class ModelEntry(BaseModel):
     default: bool
     device: str = Field(examples=["cpu"])
     precision: str = Field(examples=["bf16"])
-    runtime: str = Field(
-        default="torch", description="Runtime of the masked forwards: torch or openvino.", examples=["openvino"]
-    )
+    runtime: str = Field(default="torch", description="Runtime of the masked forwards: torch or openvino.", examples=["openvino"])
     input_size: int = Field(examples=[224])
     num_classes: int = Field(examples=[1000])
     target_layer: str = Field(examples=["bn2"])
@@ -195,7 +193,7 @@ class MetricsOut(BaseModel):
     fractions: list[float] = Field(description="Share of pixels deleted / inserted at each curve point (n + 1 points).")
     deletion_curve: list[float] = Field(description="Class probability as the most important pixels are deleted.")
     insertion_curve: list[float] = Field(description="Class probability as the most important pixels are inserted.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
+    precision: TorchPrecision = Field(
         default="fp32",
         description="Precision of the metric forwards: fp32 whatever the masks used, so the numbers do not depend on the CPU.",
     )

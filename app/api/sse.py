@@ -27,9 +27,10 @@ from sse_starlette.sse import AppStatus
 
 from app.api.encoders import explain_json
 from app.api.errors import error_body, status_of
+from app.api.rendering import rendered
 from app.errors import ScoreCamError
-from app.service.score_cam_service import PendingExplanation
-from app.service.worker_protocol import PartialMapOut
+from app.protocol.messages import PartialMapOut
+from app.serving.pending import PendingExplanation
 
 log = logging.getLogger(__name__)
 KEEPALIVE_S = 15.0
@@ -40,10 +41,10 @@ AppStatus.disable_automatic_graceful_drain()
 
 
 def wants_event_stream(accept: str | None) -> bool:
-    return bool(accept) and MEDIA_TYPE in accept.lower()  # type: ignore[union-attr]
+    return accept is not None and MEDIA_TYPE in accept.lower()
 
 
-def sse_event(event: str, data: Any) -> ServerSentEvent:
+def sse_event(event: str, data: object) -> ServerSentEvent:
     return ServerSentEvent(json.dumps(data, separators=(",", ":")), event=event, sep=SEPARATOR)
 
 
@@ -100,7 +101,8 @@ async def explain_events(pending: PendingExplanation, feed: ProgressFeed) -> Asy
                     event["partial_maps"] = partial
                 yield sse_event("progress", event)
         try:
-            body = explain_json(outcome.result())
+            result = outcome.result()
+            body = explain_json(result, await rendered(result, pending.image, pending.plan.spec.outputs))
         except ScoreCamError as exc:
             yield sse_event("error", {**error_body(exc.code, exc.message), "status": status_of(exc)})
         except Exception:

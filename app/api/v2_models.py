@@ -30,17 +30,16 @@ from app.api.v2_tensors import OutputTensor, Tensor
 from app.config import Settings
 from app.errors import ImageTooLarge, InvalidOption, UnknownModel
 from app.imaging.images import ImageLimits, _check_pixels, _open_header, decode_image
-from app.imaging.render import decode_raw, output_pixels
-from app.service.outcomes import ExplainOutcome
-from app.service.score_cam_service import ScoreCamService
-from app.service.work import Demand
+from app.imaging.render import output_pixels, resize_map
+from app.protocol.messages import ModelInfo
+from app.serving.outcomes import ExplainOutcome
+from app.serving.requests import Demand
+from app.serving.service import PREDICT, ScoreCamService
 from app.version import VERSION
 
 T = TypeVar("T")
 EXPLAINER = ".scorecam"
-PROTOCOL_PARAMETERS = frozenset(
-    {"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"}
-)
+PROTOCOL_PARAMETERS = frozenset({"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"})
 # /v1/explain's options that a tensor answer can honour, named one by one so that a new /v1 option
 # is not taken silently: the model is in the path, outputs are tensors, and metrics and partial maps
 # need /v1's JSON and event stream.
@@ -50,11 +49,11 @@ ONE_SIZE = "the images of one explain request must have one size (the heatmaps f
 
 
 def served_names(service: ScoreCamService) -> list[str]:
-    names = [m["name"] for m in service.models()]
+    names = [m.name for m in service.models()]
     return names + [n + EXPLAINER for n in names]
 
 
-def resolve(service: ScoreCamService, name: str) -> tuple[dict[str, Any], bool]:
+def resolve(service: ScoreCamService, name: str) -> tuple[ModelInfo, bool]:
     """The served model behind a protocol name, and whether the name is its explainer.
 
     An empty base name (``.scorecam``) is unknown, as on /v1: the catalog would read it as the default.
@@ -71,11 +70,11 @@ def resolve(service: ScoreCamService, name: str) -> tuple[dict[str, Any], bool]:
 
 def metadata(service: ScoreCamService, name: str) -> ModelMetadata:
     model, explainer = resolve(service, name)
-    size, classes = model["input_size"], model["num_classes"]
+    size, classes = model.input_size, model.num_classes
     image = TensorMetadata(name="image", datatype="BYTES", shape=[-1])
-    parameters: dict[str, Any] = {"input_size": size, "num_classes": classes, "device": model["device"]}
+    parameters: dict[str, Any] = {"input_size": size, "num_classes": classes, "device": model.device}
     if explainer:
-        parameters.update(target_layer=model["target_layer"], options=",".join(sorted(EXPLAIN_PARAMETERS)))
+        parameters.update(target_layer=model.default_layer, options=",".join(sorted(EXPLAIN_PARAMETERS)))
         outputs = [
             TensorMetadata(name="heatmap", datatype="FP32", shape=[-1, -1, -1, -1]),
             TensorMetadata(name="class_index", datatype="INT64", shape=[-1, -1]),
@@ -86,9 +85,7 @@ def metadata(service: ScoreCamService, name: str) -> ModelMetadata:
         )
     inputs = [image, TensorMetadata(name="input", datatype="FP32", shape=[-1, 3, size, size])]
     outputs = [TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, classes])]
-    return ModelMetadata(
-        name=name, versions=[VERSION], platform="pytorch", inputs=inputs, outputs=outputs, parameters=parameters
-    )
+    return ModelMetadata(name=name, versions=[VERSION], platform="pytorch", inputs=inputs, outputs=outputs, parameters=parameters)
 
 
 async def infer(
@@ -98,7 +95,7 @@ async def infer(
     model, explainer = resolve(service, name)
     tensor = single_input(tensors, ("image",) if explainer else ("image", "input"), settings.max_batch_size)
     if explainer:
-        outputs = await explain(service, settings, model["name"], request, tensor)
+        outputs = await explain(service, settings, model.name, request, tensor)
     else:
         outputs = await classify(service, settings, model, tensor, request.outputs)
     return select(outputs, request)
@@ -209,19 +206,19 @@ async def decoded_one_by_one(files: list[bytes], limits: ImageLimits) -> AsyncIt
 
 
 async def classify(
-    service: ScoreCamService, settings: Settings, model: dict[str, Any], tensor: Tensor, asked: list[RequestOutput] | None
+    service: ScoreCamService, settings: Settings, model: ModelInfo, tensor: Tensor, asked: list[RequestOutput] | None
 ) -> list[OutputTensor]:
     """Class probabilities; each image goes to the queue as soon as it is decoded, so its
     full-size pixels can go once the service has taken the model's view of them."""
-    name = model["name"]
-    top = classification_count(asked, model["num_classes"])
-    check_request_demand(service, Demand("predict"), tensor.shape[0])
+    name = model.name
+    top = classification_count(asked, model.num_classes)
+    check_request_demand(service, PREDICT, tensor.shape[0])
     if tensor.name == "image":
         limits = image_limits(settings)
         images = await asyncio.to_thread(read_headers, tensor, limits)
         sources: AsyncIterable[Image.Image | np.ndarray] = decoded_one_by_one(images.files, limits)
     else:
-        size = model["input_size"]
+        size = model.input_size
         if tensor.shape[1:] != (3, size, size):
             raise InvalidOption(f"input 'input' of {name} has shape [N, 3, {size}, {size}], got {list(tensor.shape)}")
         sources = each(np.array(tensor.values, dtype=np.float32))
@@ -280,8 +277,7 @@ def explanation_outputs(outcomes: list[ExplainOutcome]) -> list[OutputTensor]:
     heatmaps = np.zeros((len(outcomes), len(first.explanations), first.height, first.width), dtype=np.float32)
     for i, outcome in enumerate(outcomes):
         for k, explanation in enumerate(outcome.explanations):
-            if explanation.raw:
-                heatmaps[i, k] = decode_raw(explanation.raw)
+            heatmaps[i, k] = resize_map(explanation.map, outcome.width, outcome.height)
     classes = np.array([[e.class_index for e in o.explanations] for o in outcomes], dtype=np.int64)
     scores = np.array([[e.score for e in o.explanations] for o in outcomes], dtype=np.float32)
     return [

@@ -6,14 +6,14 @@ and its error shape (``{"error": "<message>"}``) are its own.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
 ]
-Parameter = Union[bool, int, float, str]
+Parameter = bool | int | float | str
 TensorData = list[Any]  # row-major, flat or nested; numbers, booleans or (BYTES) strings
 
 

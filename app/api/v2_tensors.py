@@ -25,8 +25,18 @@ MAX_RANK = 4  # this server's tensors: image [N] or [N, 1], input [N, 3, S, S]
 MAX_DIMENSION = 2**31 - 1
 MAX_SPAN = 2**31 - 1  # the dimensions' product, a zero counted as 1: what numpy can shape (a body holds far fewer)
 NUMPY_TYPES: dict[str, str] = {
-    "BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "i1", "INT16": "<i2",
-    "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
+    "BOOL": "?",
+    "UINT8": "u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
 }
 
 
@@ -184,9 +194,7 @@ def infer_response(body: dict[str, Any], outputs: list[OutputTensor]) -> Respons
     if not chunks:
         return JSONResponse(body)
     header = json.dumps(body, separators=(",", ":")).encode()
-    return Response(
-        header + b"".join(chunks), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(header))}
-    )
+    return Response(header + b"".join(chunks), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(header))})
 
 
 def _to_binary(out: OutputTensor) -> bytes:
@@ -200,4 +208,4 @@ def _to_json(out: OutputTensor) -> list[Any]:
     flat = out.values.reshape(-1)
     if out.datatype == "BYTES":
         return [e.decode() if isinstance(e, bytes) else str(e) for e in flat]
-    return flat.tolist()  # type: ignore[no-any-return]
+    return flat.tolist()

@@ -3,7 +3,7 @@
 See docs/ARCHITECTURE.md for the contract the service builds on.
 """
 
-from app.cam.base import BaseCAM
+from app.cam.base import BaseCAM, CamOptions
 from app.cam.faithfulness import (
     Faithfulness,
     FaithfulnessJob,
@@ -14,42 +14,41 @@ from app.cam.faithfulness import (
 )
 from app.cam.grad_cam import GradCAM, GradCAMPlusPlus
 from app.cam.inference import InferenceModel
-from app.cam.precision import PRECISIONS, resolve_precision
+from app.cam.jobs import BaseCamJob, CamJob, FinishedJob
+from app.cam.precision import resolve_precision
 from app.cam.recipro_cam import KERNELS, ReciproCAM, ReciproJob
+from app.cam.registry import METHODS, build_cam
 from app.cam.results import CamResult, CamStats, PartialMap
-from app.cam.runtimes import RUNTIMES
 from app.cam.scheduler import RowChunk, fill_batch, run_batch, run_jobs
-from app.cam.score_cam import WEIGHTINGS, ScoreCAM, ScoreCamJob
-
-# Every explanation method by its API name: the one table the API, the CLI and the worker read.
-METHODS: dict[str, type[BaseCAM]] = {
-    "scorecam": ScoreCAM,
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "recipro-cam": ReciproCAM,
-}
+from app.cam.score_cam import ScoreCAM, ScoreCamJob
+from app.methods import PRECISIONS, RUNTIMES, WEIGHTINGS
 
 __all__ = [
+    "KERNELS",
     "METHODS",
     "PRECISIONS",
     "RUNTIMES",
     "WEIGHTINGS",
     "BaseCAM",
+    "BaseCamJob",
+    "CamJob",
+    "CamOptions",
     "CamResult",
     "CamStats",
     "Faithfulness",
     "FaithfulnessJob",
     "FaithfulnessSummary",
+    "FinishedJob",
     "GradCAM",
     "GradCAMPlusPlus",
     "InferenceModel",
-    "KERNELS",
     "PartialMap",
-    "RowChunk",
     "ReciproCAM",
     "ReciproJob",
+    "RowChunk",
     "ScoreCAM",
     "ScoreCamJob",
+    "build_cam",
     "faithfulness",
     "faithfulness_forward_passes",
     "fill_batch",

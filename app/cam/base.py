@@ -1,29 +1,49 @@
 """The template every CAM method follows.
 
 `BaseCAM` owns the layer lookup, the hooked forward, class targets, ReLU, upsampling and
-normalisation; each method supplies only its channel weights (``channel_weights``), as
-pytorch-grad-cam's BaseCAM does, but with the hooks scoped to one call and typed options.
+normalisation; ``start`` captures one image and resolves its classes, and each method supplies
+only the job that explains it (``job_for``), as pytorch-grad-cam's BaseCAM lets each method supply
+its channel weights, but with the hooks scoped to one call and typed options. ``__call__`` is
+``start`` for every image, then the scheduler until every job is finished.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import torch
 
 from app.cam.capture import Capture, capture
 from app.cam.inference import InferenceModel
+from app.cam.jobs import BaseCamJob
 from app.cam.layers import resolve_layer
+from app.cam.precision import resolve_precision
 from app.cam.results import CamResult, CamStats, combine_maps
+from app.cam.scheduler import run_jobs
 from app.errors import InvalidOption
+from app.methods import MethodSpec, method_spec
 
 Progress = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 ClassSpec = Sequence[int] | Sequence[Sequence[int]] | None
+JobT = TypeVar("JobT", bound=BaseCamJob)
+Head = Callable[[torch.Tensor], torch.Tensor]  # the network after a layer: A [N, K, h, w] -> logits
 
 
-class BaseCAM(ABC):
+@dataclass(frozen=True)
+class CamOptions:
+    """What a caller may ask of any method (``build_cam``); each class takes what it uses."""
+
+    head: Head | None = None  # the network after the layer (Recipro-CAM)
+    precision: str | None = None  # of the masked forwards (Score-CAM, Recipro-CAM)
+    weighting: str = "probability"  # Score-CAM's channel weights
+    max_channels: int | None = None  # Score-CAM's channel budget
+
+
+class BaseCAM(ABC, Generic[JobT]):
     """Explain a classifier's decision through the feature maps of one layer.
 
     Args:
@@ -31,34 +51,42 @@ class BaseCAM(ABC):
         layer: module name of the target layer, e.g. "bn2" or "layer4".
     """
 
+    name: str  # the API name (``app.methods.METHODS``)
     uses_gradients: bool = False
+    precision: str = "fp32"  # of the method's forwards; eager fp32 unless a method takes a precision
+    batch_size: int | None = None  # forwards per batch; None: the model's (tuned) batch size
 
     def __init__(self, model: InferenceModel, layer: str) -> None:
         self.model = model
         self.layer_name = layer
         self.layer = resolve_layer(model.module, layer)
 
+    @classmethod
+    def from_options(cls, model: InferenceModel, layer: str, options: CamOptions) -> BaseCAM[Any]:
+        """Build from the service's options (``build_cam``); a method ignores those it has no use for."""
+        return cls(model, layer)
+
+    @property
+    def spec(self) -> MethodSpec:
+        """What the planner and the CLI read about this method (no torch needed there)."""
+        return method_spec(self.name)
+
     def capture(self, x: torch.Tensor) -> Capture:
         """The hooked forward of one image [1, 3, H, W] (moved to the model's device)."""
         return capture(self.model.module, self.layer, self.layer_name, x.to(self.model.device), self.uses_gradients)
 
-    def prepare(self, x: torch.Tensor, classes: ClassSpec, top_k: int) -> tuple[list[Capture], list[list[int]]]:
-        """One hooked forward per image of ``x`` [N, 3, H, W] and each image's validated classes."""
-        if x.dim() != 4:
-            raise InvalidOption(f"expected a batch [N, 3, H, W], got shape {tuple(x.shape)}")
-        captures = [self.capture(x[i : i + 1]) for i in range(x.shape[0])]
-        targets = [resolve_classes(c, spec, top_k) for c, spec in zip(captures, split_classes(classes, len(captures)))]
-        return captures, targets
+    def start(self, x: torch.Tensor, classes: Sequence[int] | None = None, top_k: int = 1) -> JobT:
+        """Capture one image [1, 3, H, W] and hand back its job (classes default: the top-k).
+
+        The job conforms to ``CamJob``: batch its chunks with the scheduler until ``finished``
+        (a gradient method's job is finished already), then read ``results()``.
+        """
+        cap = self.capture(x)
+        return self.job_for(cap, resolve_classes(cap, classes, top_k))
 
     @abstractmethod
-    def channel_weights(
-        self,
-        captures: list[Capture],
-        classes: list[list[int]],
-        progress: Progress | None,
-        cancelled: CancelCheck | None,
-    ) -> list[tuple[torch.Tensor, CamStats]]:
-        """Per image: weights [C, K] (one row per requested class) and the work statistics."""
+    def job_for(self, cap: Capture, classes: list[int]) -> JobT:
+        """The method's job for one captured image and its validated classes."""
 
     def __call__(
         self,
@@ -70,13 +98,26 @@ class BaseCAM(ABC):
     ) -> list[list[CamResult]]:
         """Explain each image of ``x`` [N, 3, H, W] for its classes (default: the top-k classes).
 
-        ``classes`` is one list for every image, or one list per image.
+        ``classes`` is one list for every image, or one list per image. The images' forwards
+        share batches; ``progress`` gets (forwards done, forwards total) after each batch.
         """
-        captures, targets = self.prepare(x, classes, top_k)
-        weighted = self.channel_weights(captures, targets, progress, cancelled)
-        return [
-            build_results(c, t, w, s) for c, t, (w, s) in zip(captures, targets, weighted)
-        ]
+        if x.dim() != 4:
+            raise InvalidOption(f"expected a batch [N, 3, H, W], got shape {tuple(x.shape)}")
+        specs = split_classes(classes, x.shape[0])
+        jobs = [self.start(x[i : i + 1], spec, top_k) for i, spec in enumerate(specs)]
+        run_jobs(jobs, lambda: self.batch_size or self.model.batch_size, progress, cancelled)
+        return [job.results() for job in jobs]
+
+
+def forward_precision(precision: str | None, model: InferenceModel) -> str:
+    """The concrete precision a method's forwards run in (None: the model's default)."""
+    return resolve_precision(precision or model.precision, model.device)
+
+
+def check_positive(name: str, value: int | None) -> None:
+    """``InvalidOption`` unless ``value`` is None or a positive integer."""
+    if value is not None and value < 1:
+        raise InvalidOption(f"{name} must be a positive integer, got {value}")
 
 
 def split_classes(classes: ClassSpec, n: int) -> list[Sequence[int] | None]:
@@ -108,6 +149,4 @@ def build_results(cap: Capture, classes: list[int], weights: torch.Tensor, stats
     size = (cap.input.shape[-2], cap.input.shape[-1])
     maps = combine_maps(cap.activations, weights.to(cap.activations.device), size).cpu()
     probs = cap.probabilities.cpu()
-    return [
-        CamResult(class_index=c, score=float(probs[c]), map=maps[i], stats=stats) for i, c in enumerate(classes)
-    ]
+    return [CamResult(class_index=c, score=float(probs[c]), map=maps[i], stats=stats) for i, c in enumerate(classes)]

@@ -49,8 +49,21 @@ DEFAULT_STEP = 0.01
 MAP_TOLERANCE = 1e-4  # maps are min-max normalised in fp32; allow for rounding at the ends
 
 
+@dataclass(frozen=True, kw_only=True)
+class Curves:
+    """Deletion and insertion: class probabilities at ``fractions`` (the share of pixels deleted
+    or inserted) and the areas under them; one image's, or a data set's means (keyword-only, so a
+    record that adds fields keeps its own positional order)."""
+
+    deletion_auc: float
+    insertion_auc: float
+    fractions: tuple[float, ...]
+    deletion_curve: tuple[float, ...]
+    insertion_curve: tuple[float, ...]
+
+
 @dataclass(frozen=True)
-class Faithfulness:
+class Faithfulness(Curves):
     """The faithfulness of one explanation (one image, one class).
 
     ``average_drop`` is this image's max(0, Y − O) / Y · 100 and ``increase`` whether O > Y;
@@ -64,11 +77,6 @@ class Faithfulness:
     masked_score: float
     average_drop: float
     increase: bool
-    deletion_auc: float
-    insertion_auc: float
-    fractions: tuple[float, ...]
-    deletion_curve: tuple[float, ...]
-    insertion_curve: tuple[float, ...]
     precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +98,7 @@ def faithfulness_forward_passes(height: int, width: int, step: float = DEFAULT_S
     return 2 * pixel_schedule(height, width, step).steps + 1
 
 
-class FaithfulnessJob(BatchJob):
+class FaithfulnessJob(BatchJob[RowChunk]):
     """One explanation's metric forwards, consumable a chunk at a time by any scheduler.
 
     Row order of the forwards: 0 x, 1 x ∘ L, 2 the baseline, then the n − 1 inner deletion
@@ -218,17 +226,12 @@ def faithfulness(
 
 
 @dataclass(frozen=True)
-class FaithfulnessSummary:
+class FaithfulnessSummary(Curves):
     """Data-set figures: Average Drop (%), Increase in Confidence (%), mean AUCs, mean curves."""
 
     images: int
     average_drop: float
     increase: float
-    deletion_auc: float
-    insertion_auc: float
-    fractions: tuple[float, ...]
-    deletion_curve: tuple[float, ...]
-    insertion_curve: tuple[float, ...]
 
 
 def summarise(results: Sequence[Faithfulness]) -> FaithfulnessSummary:

@@ -78,13 +78,15 @@ def _find_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]
 
 def _fuse(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
     """Fold ``norm``'s affine normalisation into ``conv``'s weight and bias, in place."""
-    scale = norm.weight.detach() if norm.affine else torch.ones_like(norm.running_var)
-    shift = norm.bias.detach() if norm.affine else torch.zeros_like(norm.running_mean)
-    inv_std = torch.rsqrt(norm.running_var + norm.eps)
-    factor = scale * inv_std
-    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    mean, var = norm.running_mean, norm.running_var
+    if mean is None or var is None:
+        raise ValueError("a BatchNorm without running statistics normalises by the batch: it cannot be folded")
+    scale = norm.weight.detach() if norm.affine else torch.ones_like(var)
+    shift = norm.bias.detach() if norm.affine else torch.zeros_like(mean)
+    factor = scale * torch.rsqrt(var + norm.eps)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(mean)
     conv.weight = nn.Parameter(conv.weight.detach() * factor.reshape(-1, 1, 1, 1), requires_grad=False)
-    conv.bias = nn.Parameter((bias - norm.running_mean) * factor + shift, requires_grad=False)
+    conv.bias = nn.Parameter((bias - mean) * factor + shift, requires_grad=False)
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -97,8 +97,9 @@ class InferenceModel:
         int8 = (calibration or Calibration.default(input_size)) if self.int8_requested else None
         self.runtime: Runtime = choose_runtime(runtime, self.torch_runtime, input_size, cache, name, int8=int8)
         if self.int8_requested and not self.runtime.accepts(self._probe(), "int8"):
-            log.warning("precision int8 for %s is not served (the log above says why): fp32 serves it on %s",
-                        name, self.runtime.name)
+            log.warning(
+                "precision int8 for %s is not served (the log above says why): fp32 serves it on %s", name, self.runtime.name
+            )
             self.precision = "fp32"
         self.auto_batch = batch_size == "auto"
         self.batch_size: int = default_batch_size(self.device) if batch_size == "auto" else int(batch_size)
@@ -183,8 +184,10 @@ class InferenceModel:
         """
         precision = resolve_precision(precision or self.precision, self.device)
         if precision == "int8" and not self.int8_requested:
-            raise InvalidOption(f"precision 'int8' was not prepared for this model: build it with precision='int8' "
-                                f"(runtime 'openvino' or 'auto'); valid here: {', '.join(self.precisions)}")
+            raise InvalidOption(
+                f"precision 'int8' was not prepared for this model: build it with precision='int8' "
+                f"(runtime 'openvino' or 'auto'); valid here: {', '.join(self.precisions)}"
+            )
         resolved = precision
         return self.forward_in_slices(lambda part: self._forward(part, resolved), batch)
 

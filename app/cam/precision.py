@@ -24,11 +24,10 @@ from pathlib import Path
 import torch
 
 from app.errors import InvalidOption
+from app.methods import CONCRETE_PRECISIONS, PRECISIONS, TORCH_PRECISIONS
 
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
-TORCH_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")  # what torch autocast computes
-EXPLICIT_ONLY: tuple[str, ...] = ("int8",)  # never picked by auto
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EXPLICIT_ONLY: tuple[str, ...] = tuple(p for p in CONCRETE_PRECISIONS if p not in TORCH_PRECISIONS)  # never picked by auto
+DTYPES: dict[str, torch.dtype] = dict(zip(TORCH_PRECISIONS, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 ASSUME_NATIVE_BF16_ENV = "SCORECAM_ASSUME_NATIVE_BF16"
 DECIDING_CPU_FLAGS: tuple[str, ...] = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
@@ -94,8 +93,10 @@ def resolve_precision(name: str, device: torch.device | str) -> str:
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """Run the enclosed forward in ``precision``; fp32 runs without autocast (exact)."""
     if precision not in DTYPES:
-        raise InvalidOption(f"torch does not compute precision {precision!r}; valid values: "
-                            f"{', '.join(TORCH_PRECISIONS)} (int8 runs on the OpenVINO runtime only)")
+        raise InvalidOption(
+            f"torch does not compute precision {precision!r}; valid values: "
+            f"{', '.join(('auto', *TORCH_PRECISIONS))} (int8 runs on the OpenVINO runtime only)"
+        )
     if precision == "fp32":
         yield
         return

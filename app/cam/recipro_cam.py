@@ -26,21 +26,21 @@ that runs out of memory is halved and retried, like Score-CAM's masked forwards 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
 
-from app.cam.base import BaseCAM, CancelCheck, ClassSpec, Progress, resolve_classes
+from app.cam.base import BaseCAM, CamOptions, Head, check_positive, forward_precision
 from app.cam.capture import Capture
 from app.cam.inference import InferenceModel
-from app.cam.precision import autocast, resolve_precision
+from app.cam.jobs import BaseCamJob
+from app.cam.precision import autocast
 from app.cam.results import CamResult, CamStats, normalize_map
-from app.cam.scheduler import BatchJob, RowChunk, run_jobs
+from app.cam.scheduler import RowChunk
 from app.errors import InvalidOption
 
-Head = Callable[[torch.Tensor], torch.Tensor]
 KERNELS: tuple[str, ...] = ("gaussian", "one-hot")
 GAUSSIAN_3X3 = torch.tensor([[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]])
 
@@ -67,26 +67,21 @@ def head_forward(model: InferenceModel, head: Head, batch: torch.Tensor) -> torc
     return model.forward_in_slices(head, batch)
 
 
-class ReciproJob(BatchJob):
+class ReciproJob(BaseCamJob):
     """One image's h·w head evaluations, consumable a chunk at a time by any scheduler."""
 
+    unit = "locations"
+
     def __init__(self, cam: ReciproCAM, cap: Capture, classes: list[int]) -> None:
-        k, h, w = cap.activations.shape
-        super().__init__(cam.model, cam.precision, h * w)
+        _, h, w = cap.activations.shape
+        super().__init__(cam.model, cam.precision, cap, classes, h * w)
         self.cam = cam
-        self.capture = cap
-        self.classes = classes
-        self._class_index = torch.tensor(classes, device=cap.activations.device)
         self.scores = torch.zeros(h * w, len(classes), device=cap.activations.device)
 
     @property
     def group(self) -> Hashable:
         """Only head batches of the same model, layer (so the same head) and precision share."""
-        return (id(self.model), self.precision, "recipro-cam", self.cam.layer_name)
-
-    @property
-    def probabilities(self) -> torch.Tensor:
-        return self.capture.probabilities.cpu()
+        return (id(self.model), self.precision, self.cam.name, self.cam.layer_name)
 
     @property
     def stats(self) -> CamStats:
@@ -122,10 +117,7 @@ class ReciproJob(BatchJob):
         _, h, w = self.capture.activations.shape
         return self.scores.T.reshape(len(self.classes), h, w)
 
-    def results(self) -> list[CamResult]:
-        """The normalised map for each class; only once every location is recorded."""
-        if not self.finished:
-            raise RuntimeError(f"job not finished: {self.done} of {self.total} locations recorded")
+    def build_results(self) -> list[CamResult]:
         size = (self.capture.input.shape[-2], self.capture.input.shape[-1])
         up = F.interpolate(self.maps()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         maps = normalize_map(up).cpu()
@@ -134,7 +126,7 @@ class ReciproJob(BatchJob):
         return [CamResult(c, float(probs[c]), maps[i], stats) for i, c in enumerate(self.classes)]
 
 
-class ReciproCAM(BaseCAM):
+class ReciproCAM(BaseCAM[ReciproJob]):
     """Recipro-CAM with head batching.
 
     Args:
@@ -148,6 +140,8 @@ class ReciproCAM(BaseCAM):
             run in slices of at most the model's batch size, halved on out-of-memory.
     """
 
+    name = "recipro-cam"
+
     def __init__(
         self,
         model: InferenceModel,
@@ -160,37 +154,19 @@ class ReciproCAM(BaseCAM):
         super().__init__(model, layer)
         if kernel not in KERNELS:
             raise InvalidOption(f"unknown kernel {kernel!r}; valid values: {', '.join(KERNELS)}")
-        if batch_size is not None and batch_size < 1:
-            raise InvalidOption(f"batch_size must be a positive integer, got {batch_size}")
+        check_positive("batch_size", batch_size)
         self.head = head
         self.kernel = kernel
-        self.precision = resolve_precision(precision or model.precision, model.device)
+        self.precision = forward_precision(precision, model)
         self.batch_size = batch_size
 
-    def start(self, x: torch.Tensor, classes: list[int] | None = None, top_k: int = 1) -> ReciproJob:
-        """Capture one image [1, 3, H, W] (its one full forward) and plan its head evaluations."""
-        cap = self.capture(x)
-        return ReciproJob(self, cap, resolve_classes(cap, classes, top_k))
+    @classmethod
+    def from_options(cls, model: InferenceModel, layer: str, options: CamOptions) -> ReciproCAM:
+        """Recipro-CAM takes the head (``LoadedModel.head(layer)``) and the precision."""
+        if options.head is None:
+            raise InvalidOption(f"{cls.name} needs the network after layer {layer!r} (head=LoadedModel.head(layer))")
+        return cls(model, layer, options.head, precision=options.precision)
 
-    def channel_weights(
-        self,
-        captures: list[Capture],
-        classes: list[list[int]],
-        progress: Progress | None,
-        cancelled: CancelCheck | None,
-    ) -> list[tuple[torch.Tensor, CamStats]]:
-        raise NotImplementedError("Recipro-CAM weights locations, not channels; see __call__")
-
-    def __call__(
-        self,
-        x: torch.Tensor,
-        classes: ClassSpec = None,
-        progress: Progress | None = None,
-        cancelled: CancelCheck | None = None,
-        top_k: int = 1,
-    ) -> list[list[CamResult]]:
-        """Explain each image of ``x`` [N, 3, H, W]; the head batches are shared by the images."""
-        captures, targets = self.prepare(x, classes, top_k)
-        jobs = [ReciproJob(self, c, t) for c, t in zip(captures, targets)]
-        run_jobs(jobs, lambda: self.batch_size or self.model.batch_size, progress, cancelled)
-        return [job.results() for job in jobs]
+    def job_for(self, cap: Capture, classes: list[int]) -> ReciproJob:
+        """Plan the head evaluations of one captured image (its one full forward is the capture)."""
+        return ReciproJob(self, cap, classes)

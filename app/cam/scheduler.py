@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
@@ -23,13 +23,19 @@ from app.errors import Cancelled
 class Chunk(Protocol):
     """Inputs for a slice of one job's forwards."""
 
-    job: BatchJob
-    inputs: torch.Tensor
+    @property
+    def job(self) -> BatchJob[Any]: ...
+
+    @property
+    def inputs(self) -> torch.Tensor: ...
 
     def __len__(self) -> int: ...
 
 
-class BatchJob(ABC):
+ChunkT = TypeVar("ChunkT", bound=Chunk)
+
+
+class BatchJob(ABC, Generic[ChunkT]):
     """Work made of forward passes that can share batches: Score-CAM masks, faithfulness curves.
 
     Owns the bookkeeping every such job shares: the batch-sharing key and the cursors of
@@ -76,11 +82,11 @@ class BatchJob(ABC):
         return self.model.forward_masked(inputs, self.precision)
 
     @abstractmethod
-    def next_chunk(self, n: int) -> Chunk:
+    def next_chunk(self, n: int) -> ChunkT:
         """Build the inputs of the next (at most) ``n`` forwards, on the device."""
 
     @abstractmethod
-    def record(self, chunk: Chunk, logits: torch.Tensor) -> None:
+    def record(self, chunk: ChunkT, logits: torch.Tensor) -> None:
         """Keep what the chunk's forwards produced."""
 
 
@@ -89,7 +95,7 @@ class RowChunk:
     """Inputs for rows [start, stop) of one job's forwards: the chunk Score-CAM masks,
     faithfulness curves and Recipro-CAM feature maps all hand out."""
 
-    job: BatchJob
+    job: BatchJob[RowChunk]
     start: int
     stop: int
     inputs: torch.Tensor
@@ -137,12 +143,12 @@ def run_jobs(
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> None:
-    """Run every job to completion, reporting (masks done, masks total) after each batch.
+    """Run every job to completion, reporting (forwards done, forwards total) after each batch.
 
     The jobs share one group (one call's images); each batch is built and run inside its
-    ``batch_loop``."""
+    ``batch_loop``. A job finished when started (a gradient method's) counts as done from the start."""
     total = sum(job.total for job in jobs)
-    done = 0
+    done = sum(job.done for job in jobs)
     if progress is not None:
         progress(0, total)
     while any(not job.exhausted for job in jobs):

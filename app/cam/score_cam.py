@@ -26,39 +26,32 @@ final one; the order changes no weight, so the final map is the same.
 
 from __future__ import annotations
 
-
 import torch
 
-from app.cam.base import BaseCAM, CancelCheck, Progress, build_results, resolve_classes
+from app.cam.base import BaseCAM, CamOptions, build_results, check_positive, forward_precision
 from app.cam.capture import Capture
 from app.cam.channels import ChannelPlan, build_masked_inputs, plan_channels
 from app.cam.inference import InferenceModel
-from app.cam.precision import resolve_precision
+from app.cam.jobs import BaseCamJob
 from app.cam.results import CamResult, CamStats, PartialMap, normalize_map, weighted_sum
-from app.cam.scheduler import BatchJob, RowChunk, run_jobs
+from app.cam.scheduler import RowChunk
 from app.errors import InvalidOption
+from app.methods import WEIGHTINGS
 
-WEIGHTINGS: tuple[str, ...] = ("probability", "channel-softmax")
 
-
-class ScoreCamJob(BatchJob):
+class ScoreCamJob(BaseCamJob):
     """One image's Score-CAM work, consumable a chunk at a time by any scheduler."""
 
+    unit = "masks"
+
     def __init__(self, cam: ScoreCAM, cap: Capture, classes: list[int], plan: ChannelPlan) -> None:
-        super().__init__(cam.model, cam.precision, plan.total)
+        super().__init__(cam.model, cam.precision, cap, classes, plan.total)
         self.cam = cam
-        self.capture = cap
-        self.classes = classes
         self.plan = plan
-        self._class_index = torch.tensor(classes, device=cap.logits.device)
         self.scores = torch.zeros(plan.total, len(classes), device=cap.logits.device)
         self.recorded = torch.zeros(plan.total, dtype=torch.bool, device=cap.logits.device)
         # the image in the runtime's layout, so every masked input is built in it (no copy per forward)
         self._image = cap.input.contiguous(memory_format=cam.model.input_format(cam.precision))
-
-    @property
-    def probabilities(self) -> torch.Tensor:
-        return self.capture.probabilities.cpu()
 
     def next_chunk(self, n: int) -> RowChunk:
         """Build the masked inputs of the next (at most) ``n`` unique maps, on the device."""
@@ -113,14 +106,11 @@ class ScoreCamJob(BatchJob):
     def stats(self) -> CamStats:
         return self.plan.stats
 
-    def results(self) -> list[CamResult]:
-        """The normalised map for each class; only once every chunk is recorded."""
-        if not self.finished:
-            raise RuntimeError(f"job not finished: {self.done} of {self.total} masks recorded")
+    def build_results(self) -> list[CamResult]:
         return build_results(self.capture, self.classes, self.weights(), self.plan.stats)
 
 
-class ScoreCAM(BaseCAM):
+class ScoreCAM(BaseCAM[ScoreCamJob]):
     """Score-CAM with mask batching.
 
     Args:
@@ -132,6 +122,8 @@ class ScoreCAM(BaseCAM):
         batch_size: masked inputs per forward; None uses the model's (tuned) batch size.
         dedupe: forward identical channels once.
     """
+
+    name = "scorecam"
 
     def __init__(
         self,
@@ -146,33 +138,22 @@ class ScoreCAM(BaseCAM):
         super().__init__(model, layer)
         if weighting not in WEIGHTINGS:
             raise InvalidOption(f"unknown weighting {weighting!r}; valid values: {', '.join(WEIGHTINGS)}")
-        if batch_size is not None and batch_size < 1:
-            raise InvalidOption(f"batch_size must be a positive integer, got {batch_size}")
-        if max_channels is not None and max_channels < 1:
-            raise InvalidOption(f"max_channels must be a positive integer, got {max_channels}")
+        check_positive("batch_size", batch_size)
+        check_positive("max_channels", max_channels)
         self.weighting = weighting
-        self.precision = resolve_precision(precision or model.precision, model.device)
+        self.precision = forward_precision(precision, model)
         self.max_channels = max_channels
         self.batch_size = batch_size
         self.dedupe = dedupe
 
-    def start(self, x: torch.Tensor, classes: list[int] | None = None, top_k: int = 1) -> ScoreCamJob:
-        """Capture one image [1, 3, H, W] and plan its masked forwards (classes default: top-k)."""
-        cap = self.capture(x)
-        return self.job_for(cap, resolve_classes(cap, classes, top_k))
+    @classmethod
+    def from_options(cls, model: InferenceModel, layer: str, options: CamOptions) -> ScoreCAM:
+        """Score-CAM takes the precision (int8 included), the weighting and ``max_channels``."""
+        o = options
+        return cls(model, layer, weighting=o.weighting, precision=o.precision, max_channels=o.max_channels)
 
     def job_for(self, cap: Capture, classes: list[int]) -> ScoreCamJob:
+        """Plan the masked forwards of one captured image (none run yet)."""
         size = (cap.input.shape[-2], cap.input.shape[-1])
         plan = plan_channels(cap.activations, size, self.max_channels, self.dedupe)
         return ScoreCamJob(self, cap, classes, plan)
-
-    def channel_weights(
-        self,
-        captures: list[Capture],
-        classes: list[list[int]],
-        progress: Progress | None,
-        cancelled: CancelCheck | None,
-    ) -> list[tuple[torch.Tensor, CamStats]]:
-        jobs = [self.job_for(c, t) for c, t in zip(captures, classes)]
-        run_jobs(jobs, lambda: self.batch_size or self.model.batch_size, progress, cancelled)
-        return [(job.weights(), job.stats) for job in jobs]

@@ -85,15 +85,11 @@ def _open_header(data: bytes) -> Image.Image:
             finally:
                 Image.MAX_IMAGE_PIXELS = pillow_limit
     except UnidentifiedImageError as exc:
-        raise InvalidImage(
-            "the bytes are not an image we can read; send JPEG, PNG, WebP, BMP or GIF"
-        ) from exc
+        raise InvalidImage("the bytes are not an image we can read; send JPEG, PNG, WebP, BMP or GIF") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImage(f"the image header could not be read: {exc}") from exc
     if image.format not in SUPPORTED_FORMATS + JPEG_VARIANTS:
-        raise UnsupportedMediaType(
-            f"image format {image.format} is not supported; send one of " + ", ".join(SUPPORTED_FORMATS)
-        )
+        raise UnsupportedMediaType(f"image format {image.format} is not supported; send one of " + ", ".join(SUPPORTED_FORMATS))
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidImage(f"the image has no pixels ({width}x{height})")
@@ -128,6 +124,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         image = image.convert("F")
         low, high = image.getextrema()
+        assert not isinstance(low, tuple) and not isinstance(high, tuple)  # one band: (min, max), not one pair per band
         span = (high - low) or 1.0
         image = image.point(lambda v: (v - low) * 255.0 / span).convert("L")
     return image.convert("RGB")

@@ -13,9 +13,8 @@ import base64
 import io
 from dataclasses import dataclass
 
-from typing import Any
-
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from app.errors import ImageTooLarge
@@ -34,7 +33,7 @@ class RawMap:
     data: str
 
 
-def resize_map(cam: Any, width: int, height: int) -> np.ndarray:
+def resize_map(cam: npt.ArrayLike, width: int, height: int) -> np.ndarray:
     """[h, w] map in [0, 1] -> float32 [height, width] in [0, 1] (bilinear, corners not aligned).
 
     The same numbers as ``torch.nn.functional.interpolate(..., mode="bilinear",

@@ -82,9 +82,7 @@ class CustomModelConfig:
         return cls.from_dict(data, base_dir=path.parent)
 
     @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], base_dir: str | os.PathLike[str] | None = None
-    ) -> CustomModelConfig:
+    def from_dict(cls, data: Mapping[str, Any], base_dir: str | os.PathLike[str] | None = None) -> CustomModelConfig:
         """Validate ``data``; every problem is an InvalidOption that names the key."""
         if not isinstance(data, Mapping):
             raise InvalidOption(f"a model config must be a JSON object, got {type(data).__name__}")
@@ -96,8 +94,7 @@ class CustomModelConfig:
         name = _required_str(data, "name")
         if not _NAME.match(name):
             raise InvalidOption(
-                f"model name {name!r} must be 1-64 letters, digits, '_', '-' or '.', starting with a"
-                " letter or digit"
+                f"model name {name!r} must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
             )
         weights = base / Path(_required_str(data, "weights")).expanduser()
         if not weights.is_file():
@@ -116,11 +113,9 @@ class CustomModelConfig:
         overrides = tuple((k, data[k]) for k in PREPROCESSING_KEYS if k in data)
         merge_preprocessing(Preprocessing(), overrides)  # fail now on bad values, not at first load
         head = data.get("head")
-        if head is not None and (
-            not isinstance(head, list) or not head or not all(isinstance(h, str) and h for h in head)
-        ):
+        if head is not None and (not isinstance(head, list) or not head or not all(isinstance(h, str) and h for h in head)):
             raise InvalidOption(
-                f"model {name!r}: head must be a list of steps after target_layer, e.g. [\"avgpool\", \"flatten\", \"fc\"]"
+                f'model {name!r}: head must be a list of steps after target_layer, e.g. ["avgpool", "flatten", "fc"]'
             )
         return cls(name, weights, architecture, tuple(labels), overrides, target_layer, tuple(head) if head else None)
 
@@ -142,16 +137,12 @@ def _required_str(data: Mapping[str, Any], key: str) -> str:
 
 def _labels(name: str, data: Mapping[str, Any], base: Path) -> list[str]:
     num_classes = data.get("num_classes")
-    if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
-    ):
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
         raise InvalidOption(f"model {name!r}: num_classes must be a positive integer, got {num_classes!r}")
     if "labels_file" in data:
         labels = read_labels_file(base / Path(_required_str(data, "labels_file")).expanduser())
         if num_classes is not None and num_classes != len(labels):
-            raise InvalidOption(
-                f"model {name!r}: num_classes is {num_classes} but the labels file has {len(labels)} names"
-            )
+            raise InvalidOption(f"model {name!r}: num_classes is {num_classes} but the labels file has {len(labels)} names")
         return labels
     if num_classes is None:
         raise InvalidOption(f"model {name!r}: give labels_file (one class name per line) or num_classes")
@@ -176,7 +167,7 @@ def build_architecture(arch: str, num_classes: int) -> tuple[nn.Module, Preproce
         return module, embedded.PREPROCESSING, embedded.DEFAULT_LAYER
     if timm_zoo.is_timm_name(arch):
         module = timm_zoo.build(arch, None, False, num_classes=num_classes)
-        cfg = dict(module.pretrained_cfg)
+        cfg = timm_zoo.pretrained_cfg(module)
         return module, timm_zoo.preprocessing_of(cfg), timm_zoo.layer_for(module, cfg)
     module = torchvision_zoo.build(arch, num_classes)
     preprocessing = torchvision_zoo.preprocessing_of(torchvision_zoo.default_weights(arch))
@@ -196,7 +187,7 @@ def _load_torchscript(path: Path) -> nn.Module:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=FutureWarning)
             return torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:  # torch raises RuntimeError or ValueError for non-TorchScript files
+    except Exception as e:  # noqa: BLE001 (torch raises RuntimeError, ValueError, ... for non-TorchScript files)
         raise InvalidOption(f"{path} is not a TorchScript file (torch.jit.save): {e}") from None
 
 
@@ -207,13 +198,11 @@ def _check_outputs(name: str, module: nn.Module, input_size: int, num_classes: i
     try:
         with torch.no_grad():
             out = module(torch.zeros(1, 3, input_size, input_size))
-    except Exception as e:  # whatever the scripted code raises
+    except Exception as e:  # noqa: BLE001 (whatever the scripted code raises)
         raise InvalidOption(f"model {name!r} fails on a 1x3x{input_size}x{input_size} input: {e}") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidOption(
-            f"model {name!r} outputs {shape} for one image, but its config names {num_classes} classes"
-        )
+        raise InvalidOption(f"model {name!r} outputs {shape} for one image, but its config names {num_classes} classes")
 
 
 @dataclass(frozen=True)
@@ -234,6 +223,8 @@ class CustomEntry:
         if cfg.architecture is None:
             if weights is None:
                 raise InvalidOption(f"model {cfg.name!r} is TorchScript: it has no random init")
+            if cfg.target_layer is None:  # from_dict refuses this; a config built by hand gets the same message
+                raise InvalidOption(f"model {cfg.name!r}: a TorchScript model needs target_layer (a module name)")
             module, base, layer = _load_torchscript(path), Preprocessing(), cfg.target_layer
         else:
             module, base, layer = build_architecture(cfg.architecture, len(cfg.labels))

@@ -28,9 +28,7 @@ log = logging.getLogger(__name__)
 NAME = "efficientnet_lite0"
 ARCHITECTURE = "tf_efficientnet_lite0"
 DEFAULT_LAYER = "bn2"  # conv_head -> bn2 (+ReLU6): 1280 channels, 7 x 7 at 224, then global pooling
-PREPROCESSING = Preprocessing(
-    input_size=224, resize_size=256, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
-)
+PREPROCESSING = Preprocessing(input_size=224, resize_size=256, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def packaged_weights_path() -> Path:
@@ -50,13 +48,9 @@ def remap_by_position(
 ) -> dict[str, torch.Tensor]:
     """Give ``source``'s tensors ``target``'s names, pairing them in order; every shape must match."""
     if len(source) != len(target):
-        raise InvalidOption(
-            f"weights in {origin} hold {len(source)} tensors, {ARCHITECTURE} has {len(target)}"
-        )
+        raise InvalidOption(f"weights in {origin} hold {len(source)} tensors, {ARCHITECTURE} has {len(target)}")
     remapped: dict[str, torch.Tensor] = {}
-    for i, ((src_name, tensor), (dst_name, expected)) in enumerate(
-        zip(source.items(), target.items(), strict=True)
-    ):
+    for i, ((src_name, tensor), (dst_name, expected)) in enumerate(zip(source.items(), target.items(), strict=True)):
         if tensor.shape != expected.shape:
             raise InvalidOption(
                 f"weights in {origin} do not fit {ARCHITECTURE}: tensor #{i} {src_name!r} has shape"

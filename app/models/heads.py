@@ -61,11 +61,10 @@ class RecipeHead:
                 steps.append(modules[name])
             else:
                 raise InvalidOption(
-                    f"head step {name!r} is neither a submodule of the model nor one of "
-                    f"{', '.join(['forward_head', *STEPS])}"
+                    f"head step {name!r} is neither a submodule of the model nor one of {', '.join(['forward_head', *STEPS])}"
                 )
         if not steps:
-            raise InvalidOption("a head needs at least one step, e.g. [\"avgpool\", \"flatten\", \"fc\"]")
+            raise InvalidOption('a head needs at least one step, e.g. ["avgpool", "flatten", "fc"]')
         self.spec = tuple(spec)
         self._steps = steps
 

@@ -102,8 +102,7 @@ def feature_layer(
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise InvalidOption(
-                f"{type(module).__name__} features are {shape}, not a 4-D [N, C, H, W] map;"
-                " CAMs need a convolutional network"
+                f"{type(module).__name__} features are {shape}, not a 4-D [N, C, H, W] map; CAMs need a convolutional network"
             )
         final = out
     if final is not None:
@@ -116,7 +115,6 @@ def feature_layer(
         maps = [(name, o) for name, o in maps if o.shape == final.shape] or maps
     if not maps:
         raise InvalidOption(
-            f"{type(module).__name__} has no module that outputs a 4-D feature map;"
-            " CAMs need a convolutional network"
+            f"{type(module).__name__} has no module that outputs a 4-D feature map; CAMs need a convolutional network"
         )
     return maps[-1][0]

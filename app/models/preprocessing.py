@@ -13,6 +13,7 @@ out of it, so past ``RESIZE_BUDGET`` the crop's region is resized alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -38,12 +39,14 @@ RESIZE_BUDGET: Final = 16
 
 def _triple(name: str, value: object) -> tuple[float, float, float]:
     try:
-        values = tuple(float(v) for v in value)  # type: ignore[attr-defined]
+        if not isinstance(value, Iterable):
+            raise TypeError
+        values = [float(v) for v in value]
     except (TypeError, ValueError):
         raise InvalidOption(f"{name} must be three numbers (R, G, B), got {value!r}") from None
     if len(values) != 3:
         raise InvalidOption(f"{name} must be three numbers (R, G, B), got {len(values)}")
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,7 @@ class Preprocessing:
                 " the centre crop is taken from the resized image"
             )
         if self.interpolation not in INTERPOLATIONS:
-            raise InvalidOption(
-                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
-            )
+            raise InvalidOption(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
         mean, std = _triple("mean", self.mean), _triple("std", self.std)
         if any(s <= 0 for s in std):
             raise InvalidOption(f"std values must be positive, got {std}")

@@ -113,6 +113,11 @@ def build(name: str, weights: WeightsArg, allow_download: bool, num_classes: int
         raise InvalidOption(f"weights in {path} do not fit timm model {bare!r}: {first}") from None
 
 
+def pretrained_cfg(module: nn.Module) -> dict[str, Any]:
+    """The config timm attaches to each model it builds (input size, crop, mean, std, weights' source)."""
+    return dict(getattr(module, "pretrained_cfg", None) or {})
+
+
 def layer_for(module: nn.Module, cfg: dict[str, Any]) -> str:
     """The module that outputs ``forward_features``' result (see ``feature_layer``)."""
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
@@ -144,7 +149,7 @@ class TimmEntry:
 
     def load(self, weights: WeightsArg = "default", allow_download: bool = False) -> LoadedModel:
         module = build(self.name, weights, allow_download)
-        cfg = dict(module.pretrained_cfg)
+        cfg = pretrained_cfg(module)
         layer = layer_for(module, cfg)
         return LoadedModel(
             name=self.name,

@@ -20,8 +20,8 @@ from torchvision.models import WeightsEnum, get_model, get_model_weights, list_m
 from torchvision.transforms._presets import ImageClassification
 
 from app.errors import UnknownModel
-from app.models.labels import default_labels
 from app.models.heads import torchvision_heads
+from app.models.labels import default_labels
 from app.models.layers import feature_layer
 from app.models.loaded import LoadedModel
 from app.models.preprocessing import Preprocessing
@@ -60,7 +60,7 @@ def architectures() -> list[str]:
 
 
 def default_weights(arch: str) -> WeightsEnum:
-    return get_model_weights(arch).DEFAULT  # type: ignore[attr-defined,no-any-return]
+    return get_model_weights(arch).DEFAULT
 
 
 def preprocessing_of(weights: WeightsEnum) -> Preprocessing:
@@ -81,9 +81,7 @@ def preprocessing_of(weights: WeightsEnum) -> Preprocessing:
     )
 
 
-_DENSENET_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
-)
+_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def fix_legacy_keys(arch: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
+from tests.batch_log import batch_log
 
 from .tinynet import GATES, Gate, tiny_registry
 
@@ -43,7 +44,9 @@ def tiny_settings(**overrides: Any) -> Settings:
 
 def tiny_app(*names: str, **overrides: Any) -> FastAPI:
     names = names or ("tiny",)
-    return create_app(tiny_settings(models=list(names), **overrides), model_source=tiny_registry(*names))
+    app = create_app(tiny_settings(models=list(names), **overrides), model_source=tiny_registry(*names))
+    batch_log(app)  # every batch from the start, for tests that assert how requests shared them
+    return app
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -65,6 +68,18 @@ async def await_until(condition: Callable[[], bool], timeout: float = 10.0, what
         await anyio.sleep(0.005)
 
 
+async def ready_within(service: Any, timeout: float) -> bool:
+    """Whether the service reports ready (models warm, worker up) within ``timeout`` seconds."""
+    import anyio
+
+    deadline = time.monotonic() + timeout
+    while not service.ready:
+        if time.monotonic() > deadline:
+            return False
+        await anyio.sleep(0.005)
+    return True
+
+
 @asynccontextmanager
 async def serving(app: FastAPI, ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan and yield a client over ASGITransport; optionally wait for ready."""
@@ -72,7 +87,7 @@ async def serving(app: FastAPI, ready: bool = True) -> AsyncIterator[httpx.Async
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
             if ready:
-                ok = await app.state.service.supervisor.wait_ready(60)
+                ok = await ready_within(app.state.service, 60)
                 assert ok, app.state.service.not_ready_reason()
             yield client
 
@@ -101,8 +116,8 @@ def gate() -> Gate:
 def crash_worker(service: Any) -> Any:
     """SIGKILL the running worker process (a crash in native code, the kernel's OOM killer);
     returns that worker."""
-    dying = service.supervisor.worker
-    assert dying.wait_started(30), "the worker process did not start"
+    dying = service.supervisor.dispatcher
+    wait_until(lambda: dying.pid is not None, 30, what="the worker process to start")
     os.kill(dying.pid, signal.SIGKILL)
     return dying
 
@@ -111,10 +126,10 @@ def local_engine(app: FastAPI, name: str) -> tuple[Any, Any]:
     """The served model built again in the test process, as the worker process built it:
     (LoadedModel, InferenceModel) with the app's device, precision, runtime and batch size."""
     from app.cam import InferenceModel
-    from app.service.hosted_models import default_model_source
+    from app.models.sources import default_model_source
 
     settings = app.state.settings
-    source = app.state.service.source or default_model_source(settings)
+    source = app.state.service.source or default_model_source(settings.custom_models)
     loaded = source.load(name, weights="default", allow_download=False)
     served = app.state.service.catalog.get(name)
     inference = InferenceModel(

@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 
+from tests.batch_log import batch_log
+
 from .conftest import await_until, serving, tiny_app
 from .tinynet import CHANNELS, Gate
 
@@ -25,7 +27,7 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once(cat_png: bytes,
         await await_until(gate.entered.is_set, what="the worker to hold the first request")
         refused = await client.post("/v1/explain", files={"image": ("i.png", cat_png)})
         fits = explain(client, cat_png, max_channels="4")  # 5 forwards still fit
-        await await_until(lambda: app.state.service.scheduler.depth() == 2, what="the small request admitted")
+        await await_until(lambda: app.state.service.queue.depth() == 2, what="the small request admitted")
         gate.open()
         assert (await first).status_code == 200
         assert (await fits).status_code == 200
@@ -53,7 +55,7 @@ async def test_the_request_count_is_bounded_too(cat_png: bytes, gate: Gate) -> N
 async def test_deadline_while_running_and_while_queued(cat_png: bytes, gate: Gate) -> None:
     app = tiny_app(request_timeout_s=0.5)
     async with serving(app) as client:
-        scheduler = app.state.service.scheduler
+        queue, recorded = app.state.service.queue, batch_log(app)
         gate.close()
         running = explain(client, cat_png)
         await await_until(gate.entered.is_set, what="the worker to hold the first request")
@@ -62,7 +64,7 @@ async def test_deadline_while_running_and_while_queued(cat_png: bytes, gate: Gat
         # the queued one left at once; the running one is on the device until the worker drops it
         held = queue_gauge((await client.get("/metrics")).text)
         gate.open()
-        await await_until(lambda: scheduler.depth() == 0, what="the worker to drop the timed-out request")
+        await await_until(lambda: queue.depth() == 0, what="the worker to drop the timed-out request")
         after = await client.post("/v1/predict", files={"image": ("i.png", cat_png)})  # the worker is free
     assert held == 1
     for response, where in ((first, "while running"), (second, "while queued")):
@@ -71,7 +73,7 @@ async def test_deadline_while_running_and_while_queued(cat_png: bytes, gate: Gat
         assert where in response.json()["error"]["message"]
     assert after.status_code == 200
     # the timed-out requests ran no masked batch after their deadline
-    assert [r for r in scheduler.history() if r.kind == "scorecam"] == []
+    assert [r for r in recorded.history() if r.kind == "scorecam"] == []
 
 
 def queue_gauge(metrics: str) -> float:

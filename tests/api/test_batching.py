@@ -11,6 +11,8 @@ import asyncio
 import httpx
 import pytest
 
+from tests.batch_log import batch_log
+
 from .conftest import await_until, serving, tiny_app
 from .tinynet import Gate
 
@@ -24,15 +26,15 @@ def post_explain(client: httpx.AsyncClient, image: bytes, **data: str) -> asynci
 async def test_concurrent_explanations_share_batches(cat_png: bytes, gate: Gate) -> None:
     app = tiny_app()
     async with serving(app) as client:
-        scheduler = app.state.service.scheduler
+        queue, recorded = app.state.service.queue, batch_log(app)
         gate.close()
         first = post_explain(client, cat_png)
         await await_until(gate.entered.is_set, what="the worker to hold the first request")
         others = [post_explain(client, cat_png, classes=str(c)) for c in (1, 2, 3)]
-        await await_until(lambda: scheduler.depth() == 4, what="all four requests queued")
+        await await_until(lambda: queue.depth() == 4, what="all four requests queued")
         gate.open()
         responses = await asyncio.gather(first, *others)
-        history = [r for r in scheduler.history() if r.kind == "scorecam"]
+        history = [r for r in recorded.history() if r.kind == "scorecam"]
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     shared = [r for r in history if len(set(r.request_ids)) >= 2]
     assert shared, f"no batch held two requests: {history}"
@@ -42,16 +44,16 @@ async def test_concurrent_explanations_share_batches(cat_png: bytes, gate: Gate)
 
 async def test_a_short_request_is_not_stuck_behind_a_long_one(cat_png: bytes, gate: Gate) -> None:
     app = tiny_app()
-    scheduler = app.state.service.scheduler
+    queue, recorded = app.state.service.queue, batch_log(app)
     async with serving(app) as client:
         gate.close()
         long = post_explain(client, cat_png)
         await await_until(gate.entered.is_set, what="the worker to hold the long request")
         short = post_explain(client, cat_png, max_channels="2")
-        await await_until(lambda: scheduler.depth() == 2, what="both requests queued")
+        await await_until(lambda: queue.depth() == 2, what="both requests queued")
         gate.open()
         assert (await long).status_code == 200 and (await short).status_code == 200
-    history = [r for r in scheduler.history() if r.kind == "scorecam"]
+    history = [r for r in recorded.history() if r.kind == "scorecam"]
     long_id = history[0].request_ids[0]  # the long request started first and ran alone
     short_id = next(rid for r in history for rid in r.request_ids if rid != long_id)
     last = {rid: max(i for i, r in enumerate(history) if rid in r.request_ids) for rid in (long_id, short_id)}
@@ -62,14 +64,14 @@ async def test_a_short_request_is_not_stuck_behind_a_long_one(cat_png: bytes, ga
 async def test_concurrent_predictions_form_one_batch(cat_png: bytes, gate: Gate) -> None:
     app = tiny_app()
     async with serving(app) as client:
-        scheduler = app.state.service.scheduler
+        queue, recorded = app.state.service.queue, batch_log(app)
         gate.close()
         tasks = [asyncio.ensure_future(client.post("/v1/predict", files={"image": ("i.png", cat_png)}))]
         await await_until(gate.entered.is_set, what="the worker to hold the first prediction")
         tasks += [asyncio.ensure_future(client.post("/v1/predict", files={"image": ("i.png", cat_png)})) for _ in range(5)]
-        await await_until(lambda: scheduler.depth() == 6, what="six predictions queued")
+        await await_until(lambda: queue.depth() == 6, what="six predictions queued")
         gate.open()
         responses = await asyncio.gather(*tasks)
     assert all(r.status_code == 200 for r in responses)
-    sizes = sorted(r.size for r in scheduler.history() if r.kind == "predict")
+    sizes = sorted(r.size for r in recorded.history() if r.kind == "predict")
     assert sizes == [1, 5]

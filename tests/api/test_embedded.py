@@ -8,7 +8,7 @@ import pytest
 from app.config import Settings
 from app.main import create_app
 
-from .conftest import serving
+from .conftest import ready_within, serving
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.precision]  # served in `auto` precision
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -20,13 +20,13 @@ async def test_embedded_model_warms_up_then_explains_a_cat(cat_png: bytes) -> No
     service = app.state.service
     async with serving(app, ready=False) as client:
         early = await client.get("/readyz")
-        assert await service.supervisor.wait_ready(240), service.not_ready_reason()
+        assert await ready_within(service, 240), service.not_ready_reason()
         ready = await client.get("/readyz")
         model = (await client.get("/v1/models/efficientnet_lite0")).json()
         response = await client.post(
             "/v1/explain", files={"image": ("cat.png", cat_png)}, data={"max_channels": "32", "outputs": "raw"}
         )
-    if not service.catalog.loaded or early.status_code == 200:
+    if len(service.models()) < len(service.catalog.names) or early.status_code == 200:
         pytest.fail("readiness must wait for loading and warm-up")
     assert early.status_code == 503 and ready.status_code == 200
     assert model["default"] and model["num_classes"] == 1000 and model["target_layer"] in model["layers"]

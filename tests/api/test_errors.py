@@ -33,7 +33,9 @@ async def test_framework_errors_have_the_shape() -> None:
 async def test_unsupported_media_types(cat_png: bytes, cat_photo: Image.Image) -> None:
     async with serving(tiny_app()) as client:
         message = assert_error(
-            await client.post("/v1/explain", content=b"hello", headers={"content-type": "text/plain"}), 415, "unsupported_media_type"
+            await client.post("/v1/explain", content=b"hello", headers={"content-type": "text/plain"}),
+            415,
+            "unsupported_media_type",
         )
         assert "multipart/form-data" in message and "application/json" in message
         tiff = image_bytes(cat_photo.resize((20, 20)), "TIFF")

@@ -99,9 +99,7 @@ async def test_gradient_methods(cat_png: bytes, method: str) -> None:
 async def test_an_image_of_the_input_size_is_used_as_it_is(cat_photo: Image.Image) -> None:
     square = cat_photo.resize((INPUT_SIZE, INPUT_SIZE))
     async with serving(tiny_app()) as client:
-        response = await client.post(
-            "/v1/explain", files={"image": ("sq.png", image_bytes(square))}, data={"outputs": "raw"}
-        )
+        response = await client.post("/v1/explain", files={"image": ("sq.png", image_bytes(square))}, data={"outputs": "raw"})
     assert decode_raw(response.json()["explanations"][0]["raw"]).shape == (INPUT_SIZE, INPUT_SIZE)
 
 
@@ -119,9 +117,7 @@ async def test_an_image_of_the_input_size_is_used_as_it_is(cat_photo: Image.Imag
         ({"model": "resnet"}, 404, "unknown_model", "tiny"),
     ],
 )
-async def test_invalid_options_say_what_is_valid(
-    cat_png: bytes, data: dict[str, str], status: int, code: str, hint: str
-) -> None:
+async def test_invalid_options_say_what_is_valid(cat_png: bytes, data: dict[str, str], status: int, code: str, hint: str) -> None:
     async with serving(tiny_app()) as client:
         response = await client.post("/v1/explain", files={"image": ("cat.png", cat_png)}, data=data)
     assert response.status_code == status, response.text

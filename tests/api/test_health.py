@@ -9,7 +9,7 @@ import pytest
 from app.main import create_app
 from app.models import Registry
 
-from .conftest import await_until, crash_worker, serving, tiny_app, tiny_settings
+from .conftest import await_until, crash_worker, ready_within, serving, tiny_app, tiny_settings
 from .tinynet import BrokenEntry, Gate
 
 pytestmark = pytest.mark.anyio
@@ -24,7 +24,7 @@ async def test_ready_only_after_warm_up(cat_png: bytes, gate: Gate) -> None:
         not_ready = await client.get("/readyz")
         refused = await client.post("/v1/explain", files={"image": ("i.png", cat_png)})
         gate.open()
-        assert await app.state.service.supervisor.wait_ready(30)
+        assert await ready_within(app.state.service, 30)
         ready = await client.get("/readyz")
     assert not_ready.status_code == 503
     assert "warming up" in not_ready.json()["reason"]
@@ -36,7 +36,7 @@ async def test_ready_only_after_warm_up(cat_png: bytes, gate: Gate) -> None:
 async def test_a_model_that_fails_to_load_keeps_the_service_not_ready() -> None:
     app = create_app(tiny_settings(models=["broken"]), model_source=Registry([BrokenEntry("broken")]))
     async with serving(app, ready=False) as client:
-        await await_until(lambda: app.state.service.supervisor.startup_error is not None, what="the load failure")
+        await await_until(lambda: app.state.service.startup_failed, what="the load failure")
         response = await client.get("/readyz")
     assert response.status_code == 503 and "corrupt" in response.json()["reason"]
 
@@ -74,13 +74,13 @@ async def test_a_dead_worker_fails_its_queue_with_503_and_is_restarted(cat_png: 
         running = asyncio.ensure_future(client.post("/v1/explain", files={"image": ("i.png", cat_png)}))
         await await_until(gate.entered.is_set, what="the worker to hold the request")
         queued = asyncio.ensure_future(client.post("/v1/predict", files={"image": ("i.png", cat_png)}))
-        await await_until(lambda: service.scheduler.depth() == 2, what="two requests queued")
+        await await_until(lambda: service.queue.depth() == 2, what="two requests queued")
         dying = crash_worker(service)
         gate.open()
         first, second = await asyncio.gather(running, queued)
         await await_until(lambda: service.supervisor.restarts == 1, what="the restart")
-        assert await service.supervisor.wait_ready(30)
-        assert service.supervisor.worker is not dying
+        assert await ready_within(service, 30)
+        assert service.supervisor.dispatcher is not dying
         after = await client.post("/v1/predict", files={"image": ("i.png", cat_png)})
         metrics = (await client.get("/metrics")).text
     for response in (first, second):

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
+from tests.batch_log import batch_log
 from tests.conftest import skimage_photo
 
 from .conftest import image_bytes, serving, tiny_app
@@ -31,19 +32,20 @@ async def test_an_int8_start_serves_scorecam_in_int8_and_the_other_methods_in_fp
     async with serving(app) as client:
         [model] = (await client.get("/v1/models")).json()["models"]
         assert (model["runtime"], model["precision"]) == ("openvino", "int8")
-        scheduler = app.state.service.scheduler
+        recorded = batch_log(app)
         for data in ({"precision": "int8"}, {}, {"precision": "fp32"}):
-            before = len(scheduler.history())
-            response = await client.post("/v1/explain", files={"image": ("cat.png", photo)},
-                                         data={"classes": "3", **data})
+            before = len(recorded.history())
+            response = await client.post("/v1/explain", files={"image": ("cat.png", photo)}, data={"classes": "3", **data})
             assert response.status_code == 200, response.text
-            batches = [r for r in scheduler.history()[before:] if r.kind == "scorecam"]
+            batches = [r for r in recorded.history()[before:] if r.kind == "scorecam"]
             assert batches and {r.precision for r in batches} == {data.get("precision", "int8")}
-        recipro = await client.post("/v1/explain", files={"image": ("cat.png", photo)},
-                                    data={"method": "recipro-cam", "classes": "3"})
+        recipro = await client.post(
+            "/v1/explain", files={"image": ("cat.png", photo)}, data={"method": "recipro-cam", "classes": "3"}
+        )
         assert recipro.status_code == 200, recipro.text
-        refused = await client.post("/v1/explain", files={"image": ("cat.png", photo)},
-                                    data={"method": "recipro-cam", "precision": "int8"})
+        refused = await client.post(
+            "/v1/explain", files={"image": ("cat.png", photo)}, data={"method": "recipro-cam", "precision": "int8"}
+        )
         assert refused.status_code == 422
         assert "applies to scorecam's masked forwards only" in refused.text
 

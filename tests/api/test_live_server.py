@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.batch_log import batch_log
+
 from .conftest import tiny_app, wait_until
 from .live import free_port, uvicorn_thread
 from .tinynet import Gate
@@ -22,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def scorecam_batches_of(app, request_ids: set[str] | None = None) -> list:  # type: ignore[no-untyped-def]
-    return [r for r in app.state.service.scheduler.history() if r.kind == "scorecam"]
+    return [r for r in batch_log(app).history() if r.kind == "scorecam"]
 
 
 def cancelled(client: httpx.Client) -> float:
@@ -35,7 +37,7 @@ def cancelled(client: httpx.Client) -> float:
 
 def test_closing_an_event_stream_cancels_the_remaining_batches(cat_png: bytes, gate: Gate) -> None:
     app = tiny_app()
-    scheduler = app.state.service.scheduler
+    queue = app.state.service.queue
     with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         gate.close_after(3)  # the base forward and two masked batches, then hold
         with client.stream(
@@ -50,7 +52,7 @@ def test_closing_an_event_stream_cancels_the_remaining_batches(cat_png: bytes, g
         # leaving the block closed the connection mid-stream; the held batch is its last one
         wait_until(lambda: cancelled(client) == 1, what="the server to notice the closed stream")
         gate.open()
-        wait_until(lambda: scheduler.depth() == 0, what="the server to drop the request")
+        wait_until(lambda: queue.depth() == 0, what="the server to drop the request")
         ran = len(scorecam_batches_of(app))
         after = client.post("/v1/predict", files={"image": ("i.png", cat_png)})  # the worker is free again
     assert after.status_code == 200
@@ -59,7 +61,7 @@ def test_closing_an_event_stream_cancels_the_remaining_batches(cat_png: bytes, g
 
 def test_a_plain_request_whose_client_leaves_is_cancelled(cat_png: bytes, gate: Gate) -> None:
     app = tiny_app()
-    scheduler = app.state.service.scheduler
+    queue = app.state.service.queue
     body = json.dumps({"image": base64.b64encode(cat_png).decode()}).encode()
     with uvicorn_thread(app) as url:
         port = int(url.rsplit(":", 1)[1])
@@ -71,12 +73,12 @@ def test_a_plain_request_whose_client_leaves_is_cancelled(cat_png: bytes, gate: 
             ).encode()
             sock.sendall(head + body)
             wait_until(gate.entered.is_set, what="the worker to start the request")
-            assert scheduler.depth() == 1
+            assert queue.depth() == 1
         with httpx.Client(base_url=url) as client:
             wait_until(lambda: cancelled(client) == 1, what="the server to notice the disconnect")
-            assert scheduler.depth() == 1  # its base forward still runs
+            assert queue.depth() == 1  # its base forward still runs
             gate.open()
-            wait_until(lambda: scheduler.depth() == 0, what="the server to drop the request")
+            wait_until(lambda: queue.depth() == 0, what="the server to drop the request")
             assert client.post("/v1/predict", files={"image": ("i.png", cat_png)}).status_code == 200
     assert scorecam_batches_of(app) == []
 
@@ -102,9 +104,12 @@ def test_sigterm_finishes_in_flight_work_then_exits_0(cat_png: bytes) -> None:
             assert time.monotonic() < deadline, "the server did not become ready"
             time.sleep(0.1)  # polling a separate process's port, with a deadline
         events: list[str] = []
-        with httpx.Client(base_url=url, timeout=60) as client, client.stream(
-            "POST", "/v1/explain", files={"image": ("i.png", cat_png)}, headers={"Accept": "text/event-stream"}
-        ) as response:
+        with (
+            httpx.Client(base_url=url, timeout=60) as client,
+            client.stream(
+                "POST", "/v1/explain", files={"image": ("i.png", cat_png)}, headers={"Accept": "text/event-stream"}
+            ) as response,
+        ):
             for line in response.iter_lines():
                 if line.startswith("event:"):
                     events.append(line.split(":", 1)[1].strip())
@@ -121,7 +126,7 @@ def test_sigterm_finishes_in_flight_work_then_exits_0(cat_png: bytes) -> None:
 
 def test_closing_a_stream_of_partial_maps_stops_the_maps_and_the_work(cat_png: bytes, gate: Gate) -> None:
     app = tiny_app()
-    scheduler = app.state.service.scheduler
+    queue = app.state.service.queue
     form = {"partial_maps": "true", "partial_maps_every": "0.1"}
     with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         gate.close_after(3)  # the base forward and two masked batches, then hold
@@ -139,7 +144,7 @@ def test_closing_a_stream_of_partial_maps_stops_the_maps_and_the_work(cat_png: b
             wait_until(gate.entered.is_set, what="the worker to hold the third batch")
         wait_until(lambda: cancelled(client) == 1, what="the server to notice the closed stream")
         gate.open()
-        wait_until(lambda: scheduler.depth() == 0, what="the server to drop the request")
+        wait_until(lambda: queue.depth() == 0, what="the server to drop the request")
         ran = len(scorecam_batches_of(app))
     assert maps >= 1
     assert ran <= 3  # no batch, and so no map, after the held one

@@ -24,7 +24,12 @@ async def test_metrics_count_requests_batches_and_forwards(cat_png: bytes) -> No
     assert 'scorecam_batch_size_count{kind="predict"} 1.0' in text
     forwards = next(line for line in text.splitlines() if line.startswith("scorecam_masked_forwards_total"))
     assert float(forwards.split()[-1]) > 0
-    for name in ("scorecam_queue_requests", "scorecam_queue_pending_forwards", "scorecam_device_memory_bytes", "scorecam_ready 1.0"):
+    for name in (
+        "scorecam_queue_requests",
+        "scorecam_queue_pending_forwards",
+        "scorecam_device_memory_bytes",
+        "scorecam_ready 1.0",
+    ):
         assert name in text
 
 

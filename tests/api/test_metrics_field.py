@@ -16,17 +16,27 @@ import httpx
 import pytest
 import torch
 from PIL import Image
-from scorecam_client import ExplainOptions
 
 from app.cam import faithfulness, faithfulness_forward_passes
 from app.cam.deletion import pixel_schedule
 from app.imaging.render import decode_raw
+from scorecam_client import ExplainOptions
+from tests.batch_log import batch_log
 
 from .conftest import await_until, image_bytes, local_engine, serving, tiny_app
 from .tinynet import INPUT_SIZE, Gate
 
 pytestmark = pytest.mark.anyio
-KEYS = {"average_drop", "increase", "deletion_auc", "insertion_auc", "fractions", "deletion_curve", "insertion_curve", "precision"}
+KEYS = {
+    "average_drop",
+    "increase",
+    "deletion_auc",
+    "insertion_auc",
+    "fractions",
+    "deletion_curve",
+    "insertion_curve",
+    "precision",
+}
 STEP = 0.1  # 11 points per curve at 32x32: fast
 
 
@@ -119,9 +129,10 @@ async def test_json_metrics_must_be_a_boolean(small_png: bytes) -> None:
 async def test_progress_counts_the_metric_forwards(small_png: bytes) -> None:
     data = {"metrics": "true", "metrics_step": str(STEP)}
     headers = {"Accept": "text/event-stream"}
-    async with serving(tiny_app()) as client, client.stream(
-        "POST", "/v1/explain", files={"image": ("s.png", small_png)}, data=data, headers=headers
-    ) as response:
+    async with (
+        serving(tiny_app()) as client,
+        client.stream("POST", "/v1/explain", files={"image": ("s.png", small_png)}, data=data, headers=headers) as response,
+    ):
         text = "".join([chunk async for chunk in response.aiter_text()])
     events = [block for block in text.split("\n\n") if block.startswith("event:")]
     progress = [json.loads(e.split("data: ", 1)[1]) for e in events if e.startswith("event: progress")]
@@ -138,17 +149,17 @@ async def test_metric_chunks_share_batches_with_another_request(small_png: bytes
     holds its metric forwards; it must share some with a concurrent Score-CAM request."""
     app = tiny_app()
     async with serving(app) as client:
-        scheduler = app.state.service.scheduler
+        queue, recorded = app.state.service.queue, batch_log(app)
         gate.close()
         scorecam = asyncio.ensure_future(client.post("/v1/explain", files={"image": ("s.png", small_png)}))
         await await_until(gate.entered.is_set, what="the worker to hold the Score-CAM request")
         data = {"method": "gradcam", "metrics": "true", "metrics_step": str(STEP)}
         grad = asyncio.ensure_future(client.post("/v1/explain", files={"image": ("s.png", small_png)}, data=data))
-        await await_until(lambda: scheduler.depth() == 2, what="both requests queued")
+        await await_until(lambda: queue.depth() == 2, what="both requests queued")
         gate.open()
         responses: list[httpx.Response] = list(await asyncio.gather(scorecam, grad))
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
-    history = scheduler.history()
+    history = recorded.history()
     grad_id = next(r.request_ids[0] for r in history if r.kind == "grad")
     masked = [r for r in history if r.kind == "scorecam" and grad_id in r.request_ids]
     assert sum(r.size for r in masked) >= faithfulness_forward_passes(INPUT_SIZE, INPUT_SIZE, STEP)

@@ -17,8 +17,8 @@ from PIL import Image
 
 from app.cam import faithfulness
 from app.config import Settings
-from app.main import create_app
 from app.imaging.render import decode_raw
+from app.main import create_app
 
 from .conftest import image_bytes, local_engine, serving
 
@@ -30,9 +30,7 @@ AUC_TOLERANCE = 0.005
 
 async def test_served_metrics_equal_an_fp32_recomputation(cat_photo: Image.Image) -> None:
     upload = image_bytes(cat_photo.convert("RGB").resize((224, 224)))
-    app = create_app(
-        Settings(device="cpu", precision="auto", tune_batch_size=False, explain_batch_size=8, warmup_max_channels=2)
-    )
+    app = create_app(Settings(device="cpu", precision="auto", tune_batch_size=False, explain_batch_size=8, warmup_max_channels=2))
     async with serving(app) as client:
         response = await client.post(
             "/v1/explain",

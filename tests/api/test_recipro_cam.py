@@ -11,6 +11,7 @@ from PIL import Image
 
 from app.cam import InferenceModel, ReciproCAM
 from app.imaging.render import decode_raw, resize_map
+from tests.batch_log import batch_log
 
 from .conftest import await_until, serving, tiny_app
 from .tinynet import CHANNELS, INPUT_SIZE, LAYER, Gate, TinyEntry
@@ -28,7 +29,7 @@ async def test_explanation_matches_the_engine(cat_png: bytes) -> None:
     app = tiny_app()
     async with serving(app) as client:
         response = await post_explain(client, cat_png, outputs="raw", classes="3")
-        history = app.state.service.scheduler.history()
+        history = batch_log(app).history()
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["method"] == "recipro-cam" and body["layer"] == LAYER
@@ -41,7 +42,9 @@ async def test_explanation_matches_the_engine(cat_png: bytes) -> None:
     got = decode_raw(explanation["raw"])
     image = Image.open(io.BytesIO(cat_png)).convert("RGB")
     loaded = TinyEntry("tiny-reference").load()
-    cam = ReciproCAM(InferenceModel(loaded.module, precision="fp32", batch_size=4, input_size=INPUT_SIZE), LAYER, loaded.head(LAYER))
+    cam = ReciproCAM(
+        InferenceModel(loaded.module, precision="fp32", batch_size=4, input_size=INPUT_SIZE), LAYER, loaded.head(LAYER)
+    )
     [[want]] = cam(loaded.preprocessing.full_tensor(image)[None], classes=[3])
     assert explanation["score"] == pytest.approx(want.score, rel=1e-5)
     expected = resize_map(want.map, image.width, image.height)
@@ -51,15 +54,15 @@ async def test_explanation_matches_the_engine(cat_png: bytes) -> None:
 async def test_concurrent_requests_share_head_batches(cat_png: bytes, gate: Gate) -> None:
     app = tiny_app()
     async with serving(app) as client:
-        scheduler = app.state.service.scheduler
+        queue, recorded = app.state.service.queue, batch_log(app)
         gate.close()
         first = post_explain(client, cat_png)
         await await_until(gate.entered.is_set, what="the worker to hold the first capture")
         others = [post_explain(client, cat_png, classes=str(c)) for c in (1, 2)]
-        await await_until(lambda: scheduler.depth() == 3, what="all three requests queued")
+        await await_until(lambda: queue.depth() == 3, what="all three requests queued")
         gate.open()
         responses = await asyncio.gather(first, *others)
-        history = [r for r in scheduler.history() if r.kind == "recipro-cam"]
+        history = [r for r in recorded.history() if r.kind == "recipro-cam"]
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     assert max(len(set(r.request_ids)) for r in history) == 3, history
     assert sum(r.size for r in history) == 3 * LOCATIONS

@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from app.imaging.render import decode_raw
 from app.version import VERSION
+from tests.batch_log import batch_log
 
 from .conftest import image_bytes, tiny_app, wait_until
 from .live import uvicorn_thread
@@ -63,7 +64,9 @@ def image_input(*files: bytes, binary: bool = True) -> triton.InferInput:
 
 def v1_scores(url: str, png: bytes) -> np.ndarray:
     """Every class probability of /v1/predict, indexed by class."""
-    body = httpx.post(f"{url}/v1/predict", files={"image": ("i.png", png)}, data={"top_k": str(NUM_CLASSES)}, headers=auth()).json()
+    body = httpx.post(
+        f"{url}/v1/predict", files={"image": ("i.png", png)}, data={"top_k": str(NUM_CLASSES)}, headers=auth()
+    ).json()
     scores = np.zeros(NUM_CLASSES, dtype=np.float32)
     for p in body["predictions"]:
         scores[p["class_index"]] = p["score"]
@@ -82,7 +85,8 @@ def test_model_metadata_describes_inputs_and_outputs(client: triton.InferenceSer
     classifier = client.get_model_metadata("tiny", headers=auth())
     assert classifier["versions"] == [VERSION]
     assert {(t["name"], t["datatype"], tuple(t["shape"])) for t in classifier["inputs"]} == {
-        ("image", "BYTES", (-1,)), ("input", "FP32", (-1, 3, INPUT_SIZE, INPUT_SIZE))
+        ("image", "BYTES", (-1,)),
+        ("input", "FP32", (-1, 3, INPUT_SIZE, INPUT_SIZE)),
     }
     assert classifier["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, NUM_CLASSES]}]
     explainer = client.get_model_metadata("tiny.scorecam", model_version=VERSION, headers=auth())
@@ -146,7 +150,7 @@ def test_the_explainer_serves_v1s_heatmaps_as_tensors(client: triton.InferenceSe
 def test_v2_and_v1_predictions_share_a_batch(
     client: triton.InferenceServerClient, app: FastAPI, url: str, cat_png: bytes, gate: Gate
 ) -> None:
-    scheduler = app.state.service.scheduler
+    queue, recorded = app.state.service.queue, batch_log(app)
     predict = lambda: httpx.post(f"{url}/v1/predict", files={"image": ("i.png", cat_png)}, headers=auth(), timeout=60)
     with ThreadPoolExecutor(3) as pool:
         gate.close()
@@ -154,11 +158,11 @@ def test_v2_and_v1_predictions_share_a_batch(
         wait_until(gate.entered.is_set, what="the worker to hold a prediction")
         v2 = pool.submit(client.infer, "tiny", [image_input(cat_png, cat_png)], headers=auth())
         v1 = pool.submit(predict)
-        wait_until(lambda: scheduler.depth() == 4, what="one /v1 and two /v2 predictions queued behind it")
+        wait_until(lambda: queue.depth() == 4, what="one /v1 and two /v2 predictions queued behind it")
         gate.open()
         assert held.result().status_code == 200 and v1.result().status_code == 200
         assert v2.result().as_numpy("probabilities").shape == (2, NUM_CLASSES)
-    batches = [r for r in scheduler.history() if r.kind == "predict"]
+    batches = [r for r in recorded.history() if r.kind == "predict"]
     assert max(r.size for r in batches) == 3, batches
 
 
@@ -176,13 +180,32 @@ def png_input(png: bytes, name: str = "image", datatype: str = "BYTES") -> dict[
         ("resnet", {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}, 404, "tiny.scorecam"),
         ("tiny", {"inputs": []}, 422, "inputs"),
         ("tiny", {"inputs": [{"name": "pixels", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}, 422, "'image' or 'input'"),
-        ("tiny", {"inputs": [{"name": "input", "shape": [1, 3, 2, 2], "datatype": "FP32", "data": [0.0] * 12}]}, 422, "[N, 3, 32, 32]"),
+        (
+            "tiny",
+            {"inputs": [{"name": "input", "shape": [1, 3, 2, 2], "datatype": "FP32", "data": [0.0] * 12}]},
+            422,
+            "[N, 3, 32, 32]",
+        ),
         ("tiny", {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0.0]}]}, 422, "needs 3 elements"),
         ("tiny", {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["bm90IGFuIGltYWdl"]}]}, 422, "image"),
         ("tiny", {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES"}]}, 422, "binary_data_size"),
-        ("tiny.scorecam", {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}], "parameters": {"colour": "red"}}, 422, "unknown parameter"),
+        (
+            "tiny.scorecam",
+            {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}], "parameters": {"colour": "red"}},
+            422,
+            "unknown parameter",
+        ),
     ],
-    ids=["unknown-model", "no-inputs", "wrong-input", "wrong-shape", "data-count", "not-an-image", "no-data", "unknown-parameter"],
+    ids=[
+        "unknown-model",
+        "no-inputs",
+        "wrong-input",
+        "wrong-shape",
+        "data-count",
+        "not-an-image",
+        "no-data",
+        "unknown-parameter",
+    ],
 )
 def test_errors_have_the_protocols_shape_and_v1s_status(
     url: str, model: str, body: dict[str, object], status: int, hint: str
@@ -195,7 +218,10 @@ def test_errors_have_the_protocols_shape_and_v1s_status(
 
 @pytest.mark.parametrize(
     ("outputs", "hint"),
-    [([{"name": "logits"}], "unknown output"), ([{"name": "probabilities", "parameters": {"classification": 0}}], "classification")],
+    [
+        ([{"name": "logits"}], "unknown output"),
+        ([{"name": "probabilities", "parameters": {"classification": 0}}], "classification"),
+    ],
 )
 def test_bad_outputs_are_422(url: str, cat_png: bytes, outputs: list[dict[str, object]], hint: str) -> None:
     response = raw_infer(url, "tiny", {"inputs": [png_input(cat_png)], "outputs": outputs})
@@ -237,14 +263,14 @@ def test_versioned_paths_take_the_services_version(client: triton.InferenceServe
 
 def test_when_one_image_is_refused_the_others_leave_the_queue(cat_png: bytes, gate: Gate) -> None:
     app = tiny_app(max_queue_requests=1)
-    scheduler = app.state.service.scheduler
+    queue = app.state.service.queue
     with uvicorn_thread(app) as base:
         gate.close()  # the first image's forward waits in the worker; the second finds the queue full
         encoded = base64.b64encode(cat_png).decode()
         two = {"name": "image", "shape": [2], "datatype": "BYTES", "data": [encoded, encoded]}
         response = raw_infer(base, "tiny", {"inputs": [two]})
         gate.open()
-        wait_until(lambda: scheduler.depth() == 0, what="the first image's request to leave")
+        wait_until(lambda: queue.depth() == 0, what="the first image's request to leave")
     assert response.status_code == 503 and "Retry-After" in response.headers, response.text
     assert set(response.json()) == {"error"} and "queue" in response.json()["error"]
 

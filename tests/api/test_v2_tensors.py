@@ -46,19 +46,49 @@ def test_binary_tensors_follow_the_json_header_in_order() -> None:
 @pytest.mark.parametrize(
     ("inputs", "raw", "length", "message"),
     [
-        ([{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}], prefixed(b"abcdef")[:6], None, "cut off"),
-        ([{"name": "image", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 7}}], prefixed(b"abc"), None, "needs 2 elements"),
-        ([{"name": "input", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 4}}], b"\0" * 4, None, "is 8 bytes"),
+        (
+            [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}],
+            prefixed(b"abcdef")[:6],
+            None,
+            "cut off",
+        ),
+        (
+            [{"name": "image", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 7}}],
+            prefixed(b"abc"),
+            None,
+            "needs 2 elements",
+        ),
+        (
+            [{"name": "input", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 4}}],
+            b"\0" * 4,
+            None,
+            "is 8 bytes",
+        ),
         ([{"name": "input", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}], b"\0" * 8, None, "follow"),
-        ([{"name": "input", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 99}}], b"\0" * 4, None, "does not fit"),
+        (
+            [{"name": "input", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 99}}],
+            b"\0" * 4,
+            None,
+            "does not fit",
+        ),
         ([{"name": "input", "shape": [-1], "datatype": "FP32", "data": [1.0]}], b"", None, "negative"),
         ([{"name": "input", "shape": [1], "datatype": "FP32", "data": ["one"]}], b"", None, "numbers"),
         ([{"name": "image", "shape": [1], "datatype": "BYTES", "data": [7]}], b"", None, "strings"),
         ([{"name": "input", "shape": [1], "datatype": "FP32", "data": [1.0]}], b"", "ten", "integer"),
         ([{"name": "input", "shape": [1], "datatype": "FP32", "data": [1.0]}], b"", "99999", "the body has"),
     ],
-    ids=["cut-length", "element-count", "byte-count", "trailing-bytes", "size-too-big", "negative-dim", "not-numbers",
-         "not-strings", "bad-header", "header-too-long"],
+    ids=[
+        "cut-length",
+        "element-count",
+        "byte-count",
+        "trailing-bytes",
+        "size-too-big",
+        "negative-dim",
+        "not-numbers",
+        "not-strings",
+        "bad-header",
+        "header-too-long",
+    ],
 )
 def test_malformed_tensors_are_invalid_options(
     inputs: list[dict[str, object]], raw: bytes, length: str | None, message: str

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from app.models import LoadedModel, Preprocessing, Registry
-from app.service.worker_link import worker_context
+from app.serving.worker_client import worker_context
 
 GATES: dict[str, Gate] = {}
 INPUT_SIZE = 32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -112,5 +113,5 @@ def test_partial_maps_sharpen_towards_the_final_map_on_a_photo(embedded, embedde
     [final] = job.results()
     rho = [pearson(up, final.map) for up in upsampled]
     assert rho[0] > 0.9, rho  # the highest-variance tenth already gives the picture
-    assert all(a < b for a, b in zip(rho, rho[1:])), rho
+    assert all(a < b for a, b in itertools.pairwise(rho)), rho
     assert torch.allclose(upsampled[-1], final.map, atol=1e-5)

@@ -108,7 +108,14 @@ def test_average_drop_and_increase(
         # step 1: only the two ends
         (R_FIRST, 1.0, 0.0, [0, 1], [0.9, 0.5], [0.5, 0.9]),
         # all-equal map: raster order, so each step of 4 pixels (one row) takes 2 pixels of R
-        (torch.zeros(SIDE, SIDE), 0.25, 0.0, [0, 0.25, 0.5, 0.75, 1], [0.9, p(3 / 4), 0.75, p(1 / 4), 0.5], [0.5, p(1 / 4), 0.75, p(3 / 4), 0.9]),
+        (
+            torch.zeros(SIDE, SIDE),
+            0.25,
+            0.0,
+            [0, 0.25, 0.5, 0.75, 1],
+            [0.9, p(3 / 4), 0.75, p(1 / 4), 0.5],
+            [0.5, p(1 / 4), 0.75, p(3 / 4), 0.9],
+        ),
     ],
     ids=["region-first", "region-last", "baseline-minus-one", "uneven-step", "one-step", "ties-raster"],
 )
@@ -245,8 +252,19 @@ def test_shares_forward_batches_with_score_cam(small_cnn: SmallCNN, small_input:
         {"class_index": 2},  # the model has two classes
         {"baseline": torch.zeros(5, SIDE, SIDE)},
     ],
-    ids=["step-0", "step-negative", "step-over-1", "step-nan", "map-size", "map-over-1", "map-negative",
-         "two-images", "class-negative", "class-out-of-range", "baseline-shape"],
+    ids=[
+        "step-0",
+        "step-negative",
+        "step-over-1",
+        "step-nan",
+        "map-size",
+        "map-over-1",
+        "map-negative",
+        "two-images",
+        "class-negative",
+        "class-out-of-range",
+        "baseline-shape",
+    ],
 )
 def test_invalid_options_raise(region_model: InferenceModel, options: dict) -> None:
     args = {"x": image(1.0), "class_index": 0, "cam_map": R_FIRST, "step": 0.25} | options
@@ -265,9 +283,16 @@ def test_schedule_rejects_a_bad_step() -> None:
 def result(drop: float, increase: bool, deletion: tuple[float, ...], insertion: tuple[float, ...]) -> Faithfulness:
     fractions = tuple(i / (len(deletion) - 1) for i in range(len(deletion)))
     return Faithfulness(
-        class_index=1, score=0.8, masked_score=0.6, average_drop=drop, increase=increase,
-        deletion_auc=area_under_curve(fractions, deletion), insertion_auc=area_under_curve(fractions, insertion),
-        fractions=fractions, deletion_curve=deletion, insertion_curve=insertion,
+        class_index=1,
+        score=0.8,
+        masked_score=0.6,
+        average_drop=drop,
+        increase=increase,
+        deletion_auc=area_under_curve(fractions, deletion),
+        insertion_auc=area_under_curve(fractions, insertion),
+        fractions=fractions,
+        deletion_curve=deletion,
+        insertion_curve=insertion,
     )
 
 
@@ -291,7 +316,14 @@ def test_summary_refuses_curves_that_do_not_align() -> None:
 def test_to_dict_is_the_api_metrics_object(region_model: InferenceModel) -> None:
     d = faithfulness(region_model, image(1.0), 0, R_FIRST, step=0.25).to_dict()
     assert set(d) == {
-        "average_drop", "increase", "deletion_auc", "insertion_auc", "fractions", "deletion_curve", "insertion_curve", "precision"
+        "average_drop",
+        "increase",
+        "deletion_auc",
+        "insertion_auc",
+        "fractions",
+        "deletion_curve",
+        "insertion_curve",
+        "precision",
     }
     assert d["precision"] == "fp32"
     assert all(isinstance(v, float) for v in d["deletion_curve"]) and len(d["insertion_curve"]) == 5

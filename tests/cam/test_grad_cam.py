@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel
+from app.cam import GradCAM, GradCAMPlusPlus, InferenceModel, fill_batch
 
 
 class LinearHead(nn.Module):
@@ -68,3 +68,20 @@ def test_hooks_are_removed_even_on_error() -> None:
     assert not cam.layer._forward_hooks
     cam(torch.randn(1, 3, 16, 16))
     assert not cam.layer._forward_hooks
+
+
+@pytest.mark.parametrize("cls", [GradCAM, GradCAMPlusPlus])
+def test_start_returns_a_finished_job_equal_to_the_call(cls: type[GradCAM]) -> None:
+    model = LinearHead()
+    cam = cls(InferenceModel(model, precision="fp32", input_size=16), "act")
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    job = cam.start(x, [0, 3])
+    assert job.finished and job.exhausted and job.done == job.total == 1 + 2 * 2  # a forward, a backward per class
+    assert job.partial_maps() == []
+    assert torch.allclose(job.probabilities, torch.softmax(model(x)[0], dim=0), atol=1e-6)
+    [called] = cam(x, classes=[0, 3])
+    for started, result in zip(job.results(), called, strict=True):
+        assert (started.class_index, started.score, started.stats) == (result.class_index, result.score, result.stats)
+        assert torch.equal(started.map, result.map)
+    assert fill_batch([job], 8) == []  # nothing to batch: a scheduler never asks it for a chunk
+    assert job.capture._graph_output is None  # the job keeps no autograd graph alive

@@ -10,12 +10,18 @@ import torch
 from torch import nn
 
 import app.cam.runtimes.base as runtimes_base
-import app.cam.runtimes.calibration as calibration
-import app.cam.runtimes.choice as choice
-import app.cam.runtimes.openvino_cpu as openvino_cpu
 from app.cam import InferenceModel, ScoreCAM
 from app.cam.precision import resolve_precision
-from app.cam.runtimes import TOLERANCES, Calibration, conversion_count, quantisation_count, relative_error
+from app.cam.runtimes import (
+    TOLERANCES,
+    Calibration,
+    calibration,
+    choice,
+    conversion_count,
+    openvino_cpu,
+    quantisation_count,
+    relative_error,
+)
 from app.cam.runtimes.base import INT8_MIN_CORRELATION, logit_correlation
 from app.errors import InvalidOption
 from tests.cam.conftest import SmallCNN
@@ -28,8 +34,16 @@ pytest.importorskip("nncf")  # the optional extra: pip install -e '.[int8]'
 
 def int8_engine(model: nn.Module, cache: Path, **options: object) -> InferenceModel:
     calibration = Calibration.default(SIDE, layer=LAYER)
-    return InferenceModel(model, precision="int8", batch_size=4, input_size=SIDE, runtime="openvino",
-                          cache_dir=cache, calibration=calibration, **options)  # type: ignore[arg-type]
+    return InferenceModel(
+        model,
+        precision="int8",
+        batch_size=4,
+        input_size=SIDE,
+        runtime="openvino",
+        cache_dir=cache,
+        calibration=calibration,
+        **options,
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +67,9 @@ def test_int8_is_served_by_openvino_and_only_when_asked(engines: dict[str, Infer
     assert "int8" in engine.runtime.precisions  # type: ignore[attr-defined]
     assert engine.runtime.static_batch_sizes == (4,)  # type: ignore[attr-defined]  # int8 full batches: static too
     assert resolve_precision("auto", "cpu") != "int8"
-    plain = InferenceModel(engine.module, precision="fp32", input_size=SIDE, runtime="openvino",
-                           cache_dir=engine.runtime.cache_dir)  # type: ignore[attr-defined]
+    plain = InferenceModel(
+        engine.module, precision="fp32", input_size=SIDE, runtime="openvino", cache_dir=engine.runtime.cache_dir
+    )  # type: ignore[attr-defined]
     assert "int8" not in plain.runtime.precisions  # type: ignore[attr-defined]
 
 
@@ -78,8 +93,9 @@ def test_logits_close_to_fp32_torch_on_real_photos_and_masked_inputs(
     assert relative_error(got, want) > TOLERANCES["fp32"]  # it is int8: not the fp32 model under another name
 
 
-def test_int8_score_cam_maps_follow_fp32(engines: dict[str, InferenceModel],
-                                         photos_and_masked: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_int8_score_cam_maps_follow_fp32(
+    engines: dict[str, InferenceModel], photos_and_masked: tuple[torch.Tensor, torch.Tensor]
+) -> None:
     photos, _ = photos_and_masked
     want = ScoreCAM(engines["torch"], LAYER)(photos)
     got = ScoreCAM(engines["openvino"], LAYER)(photos)
@@ -118,7 +134,10 @@ def test_int8_on_the_torch_runtime_is_refused(small_cnn: SmallCNN, engines: dict
 
 @pytest.mark.parametrize("failure", ["disagrees", "no nncf"])
 def test_int8_that_cannot_serve_falls_back_to_fp32_with_a_warning(
-    tmp_path: Path, small_cnn: SmallCNN, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    small_cnn: SmallCNN,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
     failure: str,
 ) -> None:
     if failure == "disagrees":
@@ -135,9 +154,10 @@ def test_int8_that_cannot_serve_falls_back_to_fp32_with_a_warning(
     assert torch.equal(engine.forward_masked(x, "int8"), engine.forward_masked(x, "fp32"))
 
 
-def test_without_photos_int8_is_calibrated_on_generated_images(monkeypatch: pytest.MonkeyPatch,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(calibration, "skimage_photos", lambda: [])
+def test_without_photos_int8_is_calibrated_on_generated_images(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(calibration, "skimage_photos", list)
     with caplog.at_level(logging.WARNING, logger="app.cam"):
         made = Calibration.default(SIDE)
     assert made.source == "generated" and made.images.shape == (len(calibration.PHOTOS), 3, SIDE, SIDE)

@@ -9,8 +9,15 @@ import torch.nn.functional as F
 
 from app.cam.channels import build_masked_inputs, plan_channels, upsample
 
-SHAPES = [((7, 7), (224, 224)), ((14, 14), (224, 224)), ((7, 9), (100, 301)), ((1, 5), (32, 32)),
-          ((8, 8), (8, 8)), ((16, 16), (8, 8)), ((1, 1), (5, 5))]
+SHAPES = [
+    ((7, 7), (224, 224)),
+    ((14, 14), (224, 224)),
+    ((7, 9), (100, 301)),
+    ((1, 5), (32, 32)),
+    ((8, 8), (8, 8)),
+    ((16, 16), (8, 8)),
+    ((1, 1), (5, 5)),
+]
 
 
 def maps_of(shape: tuple[int, int], n: int = 40) -> torch.Tensor:

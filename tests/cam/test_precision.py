@@ -89,8 +89,7 @@ def test_masked_batch_tuning_times_score_cam_batches_and_keeps_each_sizes_fastes
     measured = tuning.masked_batch_costs(cam)
     # sizes beyond what one image's masks fill after the warm-up batch are not timed
     assert 4 in measured and set(measured) <= set(CPU_CANDIDATES) and all(0 < c < 1 for c in measured.values())
-    rounds = iter([{4: 1.0, 8: 0.5, 16: 2.0, 32: 2.0}, {4: 1.0, 8: 9.0, 16: 0.9, 32: 2.0},
-                   {4: 1.0, 8: 0.7, 16: 3.0, 32: 2.0}])
+    rounds = iter([{4: 1.0, 8: 0.5, 16: 2.0, 32: 2.0}, {4: 1.0, 8: 9.0, 16: 0.9, 32: 2.0}, {4: 1.0, 8: 0.7, 16: 3.0, 32: 2.0}])
     monkeypatch.setattr(tuning, "masked_batch_costs", lambda _cam: next(rounds))
     chosen, choices = tuning.tune_masked_batch_size(cam)
     assert (chosen, choices, model.batch_size) == (8, [8, 8], 8)

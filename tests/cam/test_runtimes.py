@@ -13,10 +13,9 @@ from pydantic import ValidationError
 from torch import nn
 from torch.nn import functional as F
 
-import app.cam.runtimes.openvino_cpu as openvino_cpu
 from app.cam import InferenceModel, ScoreCAM
 from app.cam.precision import native_precisions
-from app.cam.runtimes import TOLERANCES, conversion_count, relative_error
+from app.cam.runtimes import TOLERANCES, conversion_count, openvino_cpu, relative_error
 from app.config import Settings
 from app.errors import InvalidOption
 from tests.cam.conftest import SmallCNN
@@ -38,8 +37,7 @@ def masked(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def small_engine(model: nn.Module, runtime: str, cache: Path, **options: object) -> InferenceModel:
-    return InferenceModel(model, precision="fp32", batch_size=4, input_size=SIDE, runtime=runtime,
-                          cache_dir=cache, **options)  # type: ignore[arg-type]
+    return InferenceModel(model, precision="fp32", batch_size=4, input_size=SIDE, runtime=runtime, cache_dir=cache, **options)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +87,7 @@ def test_varying_batch_sizes_give_the_same_logits(tmp_path: Path, small_cnn: Sma
 
 
 @pytest.mark.precision  # bf16 is compiled only where native
-def test_auto_picks_openvino_on_a_cpu_and_says_so(tmp_path: Path, small_cnn: SmallCNN,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_picks_openvino_on_a_cpu_and_says_so(tmp_path: Path, small_cnn: SmallCNN, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="app.cam.runtimes"):
         engine = small_engine(small_cnn, "auto", tmp_path, label="small")
     assert engine.runtime_name == "openvino"
@@ -99,7 +96,10 @@ def test_auto_picks_openvino_on_a_cpu_and_says_so(tmp_path: Path, small_cnn: Sma
 
 
 def test_a_conversion_failure_falls_back_to_torch_with_a_warning(
-    tmp_path: Path, small_cnn: SmallCNN, small_input: torch.Tensor, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    small_cnn: SmallCNN,
+    small_input: torch.Tensor,
+    caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def refuse(module: nn.Module, example: torch.Tensor) -> None:
@@ -128,13 +128,12 @@ class Unconvertible(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the tracer's own warning of what follows
-def test_a_model_that_does_not_convert_or_disagrees_is_served_by_torch(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_model_that_does_not_convert_or_disagrees_is_served_by_torch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = Unconvertible().eval()
     with caplog.at_level(logging.WARNING, logger="app.cam.runtimes"):
-        engine = InferenceModel(model, precision="fp32", input_size=SIDE, runtime="auto", cache_dir=tmp_path,
-                                fold_batchnorm=False)
+        engine = InferenceModel(
+            model, precision="fp32", input_size=SIDE, runtime="auto", cache_dir=tmp_path, fold_batchnorm=False
+        )
     assert engine.runtime_name == "torch"
     assert any(r.levelno == logging.WARNING and "runtime torch" in r.getMessage() for r in caplog.records)
     x = torch.randn(5, 3, SIDE, SIDE)
@@ -219,8 +218,7 @@ def test_unknown_runtimes_are_refused(small_cnn: SmallCNN, monkeypatch: pytest.M
         Settings()
 
 
-def test_score_cam_maps_agree_whichever_runtime(tmp_path: Path, small_cnn: SmallCNN,
-                                                small_input: torch.Tensor) -> None:
+def test_score_cam_maps_agree_whichever_runtime(tmp_path: Path, small_cnn: SmallCNN, small_input: torch.Tensor) -> None:
     torch_cam = ScoreCAM(small_engine(small_cnn, "torch", tmp_path), LAYER)
     ov_cam = ScoreCAM(small_engine(small_cnn, "openvino", tmp_path), LAYER)
     for want, got in zip(torch_cam(small_input), ov_cam(small_input), strict=True):
@@ -244,8 +242,9 @@ def test_masked_batches_are_built_in_the_runtimes_layout_and_torch_stands_aside_
         original = runtime.forward
 
         def spy(batch: torch.Tensor, precision: str, original=original, name=name) -> torch.Tensor:
-            seen[name].append((batch.is_contiguous(), batch.is_contiguous(memory_format=torch.channels_last),
-                               torch.get_num_threads()))
+            seen[name].append(
+                (batch.is_contiguous(), batch.is_contiguous(memory_format=torch.channels_last), torch.get_num_threads())
+            )
             return original(batch, precision)
 
         runtime.forward = spy  # type: ignore[method-assign]
@@ -289,8 +288,9 @@ async def test_served_maps_agree_whichever_runtime(tmp_path: Path) -> None:
     for runtime in ("torch", "openvino"):
         async with serving(tiny_app(runtime=runtime, cache_dir=tmp_path)) as client:
             runtimes[runtime] = (await client.get("/v1/models")).json()["models"][0]["runtime"]
-            response = await client.post("/v1/explain", files={"image": ("cat.png", photo)},
-                                         data={"outputs": "raw", "classes": "3"})
+            response = await client.post(
+                "/v1/explain", files={"image": ("cat.png", photo)}, data={"outputs": "raw", "classes": "3"}
+            )
         assert response.status_code == 200, response.text
         maps[runtime] = raw_map(response.json()["explanations"][0])
     assert runtimes == {"torch": "torch", "openvino": "openvino"}

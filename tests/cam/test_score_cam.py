@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -117,7 +118,7 @@ def test_progress_and_cancellation(small_cnn: SmallCNN, small_input: torch.Tenso
     [[result]] = ScoreCAM(engine(small_cnn, batch_size=2), LAYER)(small_input[:1], progress=lambda d, t: seen.append((d, t)))
     total = result.stats.forwarded
     assert seen[0] == (0, total) and seen[-1] == (total, total)
-    assert all(a[0] < b[0] for a, b in zip(seen, seen[1:]))
+    assert all(a[0] < b[0] for a, b in itertools.pairwise(seen))
     calls = iter([False, False, True])
     with pytest.raises(Cancelled):
         ScoreCAM(engine(small_cnn, batch_size=2), LAYER)(small_input[:1], cancelled=lambda: next(calls))

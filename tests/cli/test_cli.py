@@ -111,8 +111,19 @@ def test_explain_writes_overlays_a_summary_and_draws_progress(
 
 def test_explain_given_classes_with_grad_cam(images: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    argv = ["explain", str(images / "cat.png"), "--method", "gradcam", "--class", "281", "--class", "285,1",
-            "--out", str(out), "--no-progress"]
+    argv = [
+        "explain",
+        str(images / "cat.png"),
+        "--method",
+        "gradcam",
+        "--class",
+        "281",
+        "--class",
+        "285,1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     (entry,) = json.loads((out / "summary.json").read_text())["images"]
     assert [e["class_index"] for e in entry["explanations"]] == [281, 285, 1]
@@ -161,9 +172,28 @@ def test_explain_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_parser_knows_every_engine_option() -> None:
     args = build_parser().parse_args(
-        ["explain", "a.jpg", "--precision", "bf16", "--weighting", "channel-softmax", "--max-channels", "64",
-         "--layer", "blocks.6", "--model", "resnet18", "--method", "gradcam++"]
+        [
+            "explain",
+            "a.jpg",
+            "--precision",
+            "bf16",
+            "--weighting",
+            "channel-softmax",
+            "--max-channels",
+            "64",
+            "--layer",
+            "blocks.6",
+            "--model",
+            "resnet18",
+            "--method",
+            "gradcam++",
+        ]
     )
     assert (args.precision, args.weighting, args.max_channels, args.layer, args.model, args.method) == (
-        "bf16", "channel-softmax", 64, "blocks.6", "resnet18", "gradcam++"
+        "bf16",
+        "channel-softmax",
+        64,
+        "blocks.6",
+        "resnet18",
+        "gradcam++",
     )

@@ -31,8 +31,12 @@ def free_port() -> int:
 def fast_settings(**overrides: object) -> Settings:
     """The embedded model, no batch-size tuning, a one-channel warm-up: ready in seconds."""
     values: dict[str, object] = {
-        "host": "127.0.0.1", "port": free_port(), "tune_batch_size": False, "warmup_max_channels": 1,
-        "log_level": "warning", "graceful_timeout_s": 1.0,
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "tune_batch_size": False,
+        "warmup_max_channels": 1,
+        "log_level": "warning",
+        "graceful_timeout_s": 1.0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -42,8 +46,9 @@ def fast_settings(**overrides: object) -> Settings:
 def live_server(settings: Settings) -> Iterator[str]:
     """Serve ``create_app(settings)``; yields its base URL once ``/readyz`` says ready."""
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
-                            log_level=settings.log_level, timeout_graceful_shutdown=1)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, lifespan="on", log_level=settings.log_level, timeout_graceful_shutdown=1
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)
     thread.start()

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 from PIL import Image
-from scorecam_client import ApiError, AsyncScoreCamClient, ExplainOptions, ExplainResponse, Progress
 
+from scorecam_client import ApiError, AsyncScoreCamClient, ExplainOptions, ExplainResponse, Progress
 from tests.client.conftest import API_KEY, MODEL
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import httpx
 import pytest
 from pydantic import BaseModel
+
 from scorecam_client import ExplainOptions, PredictOptions
 from scorecam_client.models import RESPONSE_MODELS
 

@@ -9,7 +9,6 @@ from importlib.metadata import requires, version
 from pathlib import Path
 
 import scorecam_client
-
 from app.version import VERSION
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ import asyncio
 import httpx
 import pytest
 from PIL import Image
-from scorecam_client import ApiError, AsyncScoreCamClient, ExplainResponse, RetryPolicy, ScoreCamClient
 
+from scorecam_client import ApiError, AsyncScoreCamClient, ExplainResponse, RetryPolicy, ScoreCamClient
 from tests.client.conftest import API_KEY
 
 BUSY = {"error": {"code": "queue_full", "message": "the queue is full; retry later"}}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from PIL import Image
+
+from app.version import VERSION
 from scorecam_client import (
     ApiError,
     ExplainOptions,
@@ -24,10 +26,9 @@ from scorecam_client import (
     png_image,
     raw_array,
 )
-
-from app.version import VERSION
 from tests.api.conftest import wait_until
 from tests.api.tinynet import CHANNELS, INPUT_SIZE, LAYER, NUM_CLASSES, Gate
+from tests.batch_log import batch_log
 from tests.client.conftest import API_KEY, MODEL
 
 
@@ -48,9 +49,7 @@ def test_models_are_typed_entries_with_the_service_version(client: ScoreCamClien
 
 
 @pytest.mark.parametrize("as_input", ["pil", "path", "bytes", "file"])
-def test_predict_accepts_every_image_input(
-    client: ScoreCamClient, cat_photo: Image.Image, tmp_path: Path, as_input: str
-) -> None:
+def test_predict_accepts_every_image_input(client: ScoreCamClient, cat_photo: Image.Image, tmp_path: Path, as_input: str) -> None:
     path = tmp_path / "cat.png"
     cat_photo.save(path)
     with path.open("rb") as file:
@@ -63,9 +62,7 @@ def test_predict_accepts_every_image_input(
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
 
 
-def test_explain_decodes_to_arrays_and_images_of_the_image_size(
-    client: ScoreCamClient, cat_photo: Image.Image
-) -> None:
+def test_explain_decodes_to_arrays_and_images_of_the_image_size(client: ScoreCamClient, cat_photo: Image.Image) -> None:
     options = ExplainOptions(classes=[3, 5], outputs=["heatmap", "overlay", "raw"], max_channels=8)
     result = client.explain(cat_photo, options)
     assert isinstance(result, ExplainResponse)
@@ -121,8 +118,8 @@ def explain_streams_answered(server_url: str) -> float:
 def test_leaving_a_stream_early_cancels_the_work(
     client: ScoreCamClient, app: FastAPI, server_url: str, cat_photo: Image.Image, gate: Gate
 ) -> None:
-    scheduler = app.state.service.scheduler
-    before = [r for r in scheduler.history() if r.kind == "scorecam"]
+    queue, recorded = app.state.service.queue, batch_log(app)
+    before = [r for r in recorded.history() if r.kind == "scorecam"]
     answered = explain_streams_answered(server_url)
     gate.close_after(2)  # the base forward and one masked batch, then hold
     for event in client.explain_stream(cat_photo, outputs="heatmap"):
@@ -131,8 +128,8 @@ def test_leaving_a_stream_early_cancels_the_work(
             break  # leaving the loop closes the stream
     wait_until(lambda: explain_streams_answered(server_url) > answered, what="the server to end the stream")
     gate.open()
-    wait_until(lambda: scheduler.depth() == 0, what="the worker to drop the request")
-    ran = [r for r in scheduler.history() if r.kind == "scorecam"][len(before):]
+    wait_until(lambda: queue.depth() == 0, what="the worker to drop the request")
+    ran = [r for r in recorded.history() if r.kind == "scorecam"][len(before) :]
     assert len(ran) <= 3 < CHANNELS // 4  # of the masked batches a whole explanation needs (batch size 4)
 
 

@@ -12,6 +12,7 @@ import httpx
 import httpx_sse
 import pytest
 from PIL import Image
+
 from scorecam_client import ApiError, ExplainOptions, PartialMap, PredictOptions, Progress, RetryPolicy
 from scorecam_client.errors import retry_after
 from scorecam_client.events import stream_item
@@ -82,8 +83,14 @@ def test_image_inputs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("attempt", "status", "after", "wait"),
-    [(0, 503, 2.0, 2.0), (0, 503, None, 1.0), (0, 503, 99.0, 30.0), (3, 503, 1.0, None), (0, 500, 1.0, None),
-     (0, 429, 1.0, None)],
+    [
+        (0, 503, 2.0, 2.0),
+        (0, 503, None, 1.0),
+        (0, 503, 99.0, 30.0),
+        (3, 503, 1.0, None),
+        (0, 500, 1.0, None),
+        (0, 429, 1.0, None),
+    ],
 )
 def test_retry_policy(attempt: int, status: int, after: float | None, wait: float | None) -> None:
     assert RetryPolicy(max_retries=3).wait_s(attempt, status, after) == wait

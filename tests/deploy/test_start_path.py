@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import re
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -82,9 +82,7 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, 
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         # cwd outside the repo, like the image's WORKDIR: the installed package must be what runs.
-        process = subprocess.Popen(
-            image_command(final_stage()), env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(image_command(final_stage()), env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield process, env, log
     finally:
@@ -101,9 +99,7 @@ def wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
         except subprocess.TimeoutExpired:
             code = None
         assert code is None, f"the server exited with {code} before it was ready" + log_tail(log)
-        assert time.monotonic() < deadline, (
-            f"{url} not 200 within {READY_WITHIN_S:.0f} s (last status {status})" + log_tail(log)
-        )
+        assert time.monotonic() < deadline, f"{url} not 200 within {READY_WITHIN_S:.0f} s (last status {status})" + log_tail(log)
 
 
 def test_image_command_serves_then_exits_cleanly_on_sigterm(

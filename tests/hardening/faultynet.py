@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 
 from app.models import LoadedModel, Preprocessing, Registry
-from app.service.worker_link import worker_context
+from app.serving.worker_client import worker_context
 from tests.api.tinynet import GATES, INPUT_SIZE, LAYER, NUM_CLASSES, Gate, TinyEntry, TinyNet
 
 FAULTS: dict[str, Fault] = {}

@@ -16,7 +16,18 @@ from tests.api.conftest import image_bytes, serving, tiny_app
 
 APP_DIR = Path(__file__).resolve().parents[2] / "app"
 SERVER_PACKAGES = ("api", "service", "cam", "models")  # the client is clients/python, outside app/
-UNSAFE_MODULES = {"pickle", "cPickle", "dill", "marshal", "shelve", "joblib", "requests", "urllib.request", "http.client", "aiohttp"}
+UNSAFE_MODULES = {
+    "pickle",
+    "cPickle",
+    "dill",
+    "marshal",
+    "shelve",
+    "joblib",
+    "requests",
+    "urllib.request",
+    "http.client",
+    "aiohttp",
+}
 
 
 def server_sources() -> list[Path]:
@@ -35,7 +46,9 @@ def test_the_server_imports_no_unpickler_and_no_http_client() -> None:
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            found += [f"{path.relative_to(APP_DIR)}:{node.lineno} {n}" for n in names if n in UNSAFE_MODULES or n.startswith("httpx")]
+            found += [
+                f"{path.relative_to(APP_DIR)}:{node.lineno} {n}" for n in names if n in UNSAFE_MODULES or n.startswith("httpx")
+            ]
     assert found == [], "the server must not unpickle client data or fetch URLs"
 
 
@@ -100,8 +113,12 @@ def csv_set(value: str | None) -> set[str]:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("origin", "method", "requested", "status", "text"), [p[1:] for p in PREFLIGHTS], ids=[p[0] for p in PREFLIGHTS])
-async def test_a_preflight_is_answered_for_allowed_origins_only(origin: str, method: str, requested: str | None, status: int, text: str) -> None:
+@pytest.mark.parametrize(
+    ("origin", "method", "requested", "status", "text"), [p[1:] for p in PREFLIGHTS], ids=[p[0] for p in PREFLIGHTS]
+)
+async def test_a_preflight_is_answered_for_allowed_origins_only(
+    origin: str, method: str, requested: str | None, status: int, text: str
+) -> None:
     headers = {"Origin": origin, "Access-Control-Request-Method": method}
     if requested:
         headers["Access-Control-Request-Headers"] = requested

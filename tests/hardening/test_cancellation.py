@@ -123,9 +123,7 @@ async def test_the_request_bound_counts_started_work_until_it_stops(cat_png: byt
         for task in (first, second):  # both clients give up
             task.cancel()
         await asyncio.gather(first, second, return_exceptions=True)
-        await metrics_until(
-            client, lambda m: sample(m, "scorecam_cancelled_total", reason="client_gone") == 2, "both cancelled"
-        )
+        await metrics_until(client, lambda m: sample(m, "scorecam_cancelled_total", reason="client_gone") == 2, "both cancelled")
         refused = await client.post("/v1/explain", files={"image": ("i.png", cat_png)})
         gate.open()
         await metrics_until(client, lambda m: sample(m, "scorecam_queue_requests") == 0, "both dropped")

@@ -50,7 +50,7 @@ def assert_500_names_its_request(response: httpx.Response, caplog: pytest.LogCap
     assert error["code"] == "internal_error"
     request_id = error["request_id"]
     assert request_id in error["message"] and response.headers["X-Request-ID"] == request_id
-    logged = [r for r in caplog.records if r.name == "app.service.worker" and request_id in r.getMessage()]
+    logged = [r for r in caplog.records if r.name == "app.serving.dispatcher" and request_id in r.getMessage()]
     assert logged and logged[0].exc_info is not None, "the log line carries the request id and the traceback"
     return str(request_id)
 
@@ -63,16 +63,16 @@ async def test_a_model_error_fails_only_its_request_in_a_shared_prediction_batch
     service = app.state.service
     async with serving(app) as client:
         fault.poison = True
-        worker = service.supervisor.worker
+        worker = service.supervisor.dispatcher
         held = await hold_worker(app, client, cat_png)
         bad = post(client, "/v1/predict", image_bytes(poison_image()))
         good = post(client, "/v1/predict", cat_png)
-        await await_until(lambda: service.scheduler.depth() == 3, what="two requests queued behind the held one")
+        await await_until(lambda: service.queue.depth() == 3, what="two requests queued behind the held one")
         faulty_gate().open()
         held_r, bad_r, good_r = await asyncio.gather(held, bad, good)
         after = await client.post("/v1/predict", files={"image": ("i.png", cat_png)})
         ready = await client.get("/readyz")
-        still_running = service.supervisor.worker is worker and worker.alive
+        still_running = service.supervisor.dispatcher is worker and worker.alive
     assert fault.poisoned_batches[0] == 2, "the poisoned input failed a batch it shared"
     assert_500_names_its_request(bad_r, caplog)
     assert held_r.status_code == good_r.status_code == after.status_code == 200
@@ -91,11 +91,13 @@ async def test_a_model_error_fails_only_its_request_in_a_shared_masked_batch(
         held = await hold_worker(app, client, cat_png)
         bad = post(client, "/v1/explain", image_bytes(poison_image()), max_channels="8", outputs="raw")
         good = post(client, "/v1/explain", cat_png, max_channels="8", outputs="raw")
-        await await_until(lambda: service.scheduler.depth() == 3, what="two explanations queued")
+        await await_until(lambda: service.queue.depth() == 3, what="two explanations queued")
         faulty_gate().open()
         _, bad_r, good_r = await asyncio.gather(held, bad, good)
         fault.poison = False
-        alone = await client.post("/v1/explain", files={"image": ("i.png", cat_png)}, data={"max_channels": "8", "outputs": "raw"})
+        alone = await client.post(
+            "/v1/explain", files={"image": ("i.png", cat_png)}, data={"max_channels": "8", "outputs": "raw"}
+        )
     assert fault.poisoned_batches and fault.poisoned_batches[0] == 4, "the poisoned job shared a masked batch"
     assert_500_names_its_request(bad_r, caplog)
     assert good_r.status_code == 200, good_r.text

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
+from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.api.conftest import tiny_app  # noqa: E402
-from tests.api.live import uvicorn_thread  # noqa: E402
+from tests.api.conftest import tiny_app
+from tests.api.live import uvicorn_thread
 
 APP = tiny_app(max_upload_bytes=64 * 1024, request_timeout_s=10)
 schema = schemathesis.openapi.from_dict(APP.openapi())

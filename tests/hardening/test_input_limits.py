@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.models.preprocessing import RESIZE_BUDGET, Preprocessing
 from app.imaging.render import heatmap_png, overlay_png
+from app.models.preprocessing import RESIZE_BUDGET, Preprocessing
 from tests.api.conftest import image_bytes, serving, tiny_app
 
 from .test_bad_input import ENDPOINTS, FORMS, assert_error, png_header_only, send
@@ -236,7 +236,9 @@ async def test_a_json_integer_of_5000_digits_is_a_422(cat_photo: Image.Image) ->
             response = await client.post(path, content=body, headers={"content-type": "application/json"})
             assert_error(response, 422, "invalid_option")
             assert "digits" in message(response)
-            multipart = await send(client, path, "multipart", image_bytes(cat_photo.resize((40, 30))), {"top_k": "1" + "0" * 5000})
+            multipart = await send(
+                client, path, "multipart", image_bytes(cat_photo.resize((40, 30))), {"top_k": "1" + "0" * 5000}
+            )
             assert multipart.status_code == 422, multipart.text
 
 

@@ -18,7 +18,7 @@ async def test_invented_methods_share_one_label_value() -> None:
             await client.request(f"BREW{i}", "/v1/models")
         await client.request("GET", "/v1/models")
         after = await client.get("/metrics")
-    series = lambda text: {l for l in text.splitlines() if l.startswith("scorecam_requests_total{")}  # noqa: E731, E741
+    series = lambda text: {l for l in text.splitlines() if l.startswith("scorecam_requests_total{")}
     added = series(after.text) - series(before.text)
     assert not any("BREW" in line for line in after.text.splitlines())
     assert 'scorecam_requests_total{endpoint="/v1/models",method="other",status="405"} 60.0' in after.text

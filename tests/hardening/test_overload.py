@@ -22,8 +22,8 @@ from tests.hardening.rawhttp import connect, read_response, request_head
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.overload_bench import Load, measure  # noqa: E402
-from bench.serving import ServerProcess  # noqa: E402
+from bench.overload_bench import Load, measure
+from bench.serving import ServerProcess
 
 LIMIT = 3
 
@@ -33,13 +33,13 @@ async def test_exactly_the_overflow_is_refused_and_at_once(cat_png: bytes, gate:
     """Triton's L0_model_queue check: with the worker held, LIMIT requests are admitted, the rest get 503."""
     app = tiny_app(max_queue_requests=LIMIT)
     async with serving(app) as client:
-        scheduler = app.state.service.scheduler
+        queue = app.state.service.queue
         gate.close()
         load = Load(client, "predict", cat_png, max_channels=0)
         admitted = [asyncio.ensure_future(load.one())]
         await await_until(gate.entered.is_set, what="the worker to hold the first request")
         admitted += [asyncio.ensure_future(load.one()) for _ in range(LIMIT - 1)]
-        await await_until(lambda: scheduler.depth() == LIMIT, what="the queue to fill")
+        await await_until(lambda: queue.depth() == LIMIT, what="the queue to fill")
         overflow = await asyncio.gather(*(load.one() for _ in range(5)))  # answered while the worker is held
         explain_overflow = await client.post("/v1/explain", files={"image": ("i.png", cat_png)})
         gate.open()

@@ -157,7 +157,11 @@ def explain_stream(url: str, image: bytes) -> tuple[httpx.Response, list[str]]:
     """An explanation as Server-Sent Events; returns the response and its event names."""
     events: list[str] = []
     with httpx.stream(
-        "POST", f"{url}/v1/explain", files={"image": ("i.png", image)}, headers={"Accept": "text/event-stream"}, timeout=DEADLINE_S
+        "POST",
+        f"{url}/v1/explain",
+        files={"image": ("i.png", image)},
+        headers={"Accept": "text/event-stream"},
+        timeout=DEADLINE_S,
     ) as response:
         for line in response.iter_lines():
             if line.startswith("event:"):
@@ -214,9 +218,7 @@ def alive(pid: int) -> bool:
 # ---- the test ------------------------------------------------------------------------------
 
 
-def test_sigterm_under_load_finishes_the_work_in_flight_refuses_new_work_and_exits_0(
-    server: GatedServer, cat_png: bytes
-) -> None:
+def test_sigterm_under_load_finishes_the_work_in_flight_refuses_new_work_and_exits_0(server: GatedServer, cat_png: bytes) -> None:
     url = server.url
     server.command("close")  # from now on the worker holds the first forward pass it gets
 

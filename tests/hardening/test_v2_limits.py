@@ -46,7 +46,12 @@ def prefixed(*elements: bytes) -> bytes:
 def infer_body(files: list[bytes], form: str, **extra: Any) -> tuple[bytes, dict[str, str]]:
     """An infer request of encoded images: base64 strings in JSON, or Triton's binary tensors."""
     if form == "json":
-        tensor = {"name": "image", "shape": [len(files)], "datatype": "BYTES", "data": [base64.b64encode(f).decode() for f in files]}
+        tensor = {
+            "name": "image",
+            "shape": [len(files)],
+            "datatype": "BYTES",
+            "data": [base64.b64encode(f).decode() for f in files],
+        }
         return json.dumps({"inputs": [tensor], **extra}).encode(), {"Content-Type": "application/json"}
     raw = prefixed(*files)
     tensor = {"name": "image", "shape": [len(files)], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}
@@ -114,7 +119,9 @@ async def test_heatmaps_are_held_to_the_output_budget_per_request_and_json_count
         binary = await infer(client, "tiny.scorecam", [image] * 3, "binary", parameters=EXPLAIN, **heatmap_as(True))
         assert binary.status_code == 200, binary.text  # 4,800 binary values
         many = {**EXPLAIN, "top_k": 3}  # 5 x 3 maps: 24,000 values
-        message = protocol_error(await infer(client, "tiny.scorecam", [image] * 5, "json", parameters=many, **heatmap_as(True)), 413)
+        message = protocol_error(
+            await infer(client, "tiny.scorecam", [image] * 5, "json", parameters=many, **heatmap_as(True)), 413
+        )
         assert "5 images x 3 classes" in message and "fewer classes" in message, message
 
 

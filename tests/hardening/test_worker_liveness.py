@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.api.conftest import await_until, serving, tiny_app
+from tests.api.conftest import await_until, ready_within, serving, tiny_app
 from tests.api.tinynet import Gate
 
 pytestmark = pytest.mark.anyio
@@ -33,7 +33,7 @@ async def test_a_stopped_idle_worker_is_replaced_and_readiness_says_so_meanwhile
     app = tiny_app(worker_hang_timeout_s=HANG_TIMEOUT_S)
     service = app.state.service
     async with serving(app) as client:
-        old = service.supervisor.worker
+        old = service.supervisor.dispatcher
         pid = old.pid
         os.kill(pid, signal.SIGSTOP)
         stopped = time.monotonic()
@@ -42,7 +42,7 @@ async def test_a_stopped_idle_worker_is_replaced_and_readiness_says_so_meanwhile
             noticed_s = time.monotonic() - stopped
             not_ready = await client.get("/readyz")
             await await_until(lambda: process_gone(pid), timeout=NOTICED_WITHIN_S, what="the stopped process to be killed")
-            assert await service.supervisor.wait_ready(BACK_WITHIN_S), service.not_ready_reason()
+            assert await ready_within(service, BACK_WITHIN_S), service.not_ready_reason()
         finally:
             if not process_gone(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -50,19 +50,17 @@ async def test_a_stopped_idle_worker_is_replaced_and_readiness_says_so_meanwhile
         metrics = await client.get("/metrics")
     assert noticed_s < NOTICED_WITHIN_S
     assert not_ready.status_code == 503 and not_ready.json()["reason"] == "the worker is restarting"
-    assert service.supervisor.worker is not old and service.supervisor.worker.pid != pid
+    assert service.supervisor.dispatcher is not old and service.supervisor.dispatcher.pid != pid
     assert ready.status_code == 200
     assert "scorecam_worker_restarts_total 1.0" in metrics.text
 
 
-async def test_a_worker_stopped_inside_a_batch_answers_its_requests_503_with_retry_after(
-    cat_png: bytes, gate: Gate
-) -> None:
+async def test_a_worker_stopped_inside_a_batch_answers_its_requests_503_with_retry_after(cat_png: bytes, gate: Gate) -> None:
     app = tiny_app(worker_hang_timeout_s=HANG_TIMEOUT_S)
     service = app.state.service
     image = {"image": ("i.png", cat_png)}
     async with serving(app) as client:
-        pid = service.supervisor.worker.pid
+        pid = service.supervisor.dispatcher.pid
         gate.close()
         explaining = asyncio.ensure_future(client.post("/v1/explain", files=image))
         await await_until(gate.entered.is_set, what="the worker to hold the explanation")
@@ -73,7 +71,7 @@ async def test_a_worker_stopped_inside_a_batch_answers_its_requests_503_with_ret
             gate.open()
             if not process_gone(pid):
                 os.kill(pid, signal.SIGKILL)
-        assert await service.supervisor.wait_ready(BACK_WITHIN_S), service.not_ready_reason()
+        assert await ready_within(service, BACK_WITHIN_S), service.not_ready_reason()
         after = await client.post("/v1/explain", files=image)
     assert held.status_code == 503, held.text
     assert held.json()["error"]["code"] == "unavailable" and "restarting" in held.json()["error"]["message"]
@@ -85,16 +83,16 @@ async def test_a_worker_killed_while_idle_turns_readiness_off_before_any_request
     app = tiny_app()  # the default hang deadline: a death is seen from the process, not the heartbeat
     service = app.state.service
     async with serving(app) as client:
-        old = service.supervisor.worker
+        old = service.supervisor.dispatcher
         os.kill(old.pid, signal.SIGKILL)
         killed = time.monotonic()
         await await_until(lambda: not service.ready, timeout=NOTICED_WITHIN_S, what="readiness to drop")
         noticed_s = time.monotonic() - killed
-        back = lambda: service.ready and service.supervisor.worker is not old
+        back = lambda: service.ready and service.supervisor.dispatcher is not old
         await await_until(back, timeout=BACK_WITHIN_S, what="the replacement worker")
         predicted = await client.post("/v1/predict", files={"image": ("i.png", b"")})
     assert noticed_s < 2.0  # the watchdog's period, not the 30 s hang deadline
-    assert service.supervisor.worker is not old and service.supervisor.restarts == 1
+    assert service.supervisor.dispatcher is not old and service.supervisor.restarts == 1
     assert predicted.status_code == 422  # served again (an empty file is the client's error)
 
 

@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 from app.imaging.render import decode_raw
-from tests.api.conftest import await_until, crash_worker, image_bytes, serving, tiny_app
+from tests.api.conftest import await_until, crash_worker, image_bytes, ready_within, serving, tiny_app
 from tests.api.tinynet import Gate
+from tests.batch_log import batch_log
 
 pytestmark = pytest.mark.anyio
 SHM = Path("/dev/shm")
@@ -46,20 +47,20 @@ async def test_a_worker_killed_with_sigkill_fails_its_requests_with_503_and_a_ne
     service = app.state.service
     image = {"image": ("i.png", cat_png)}
     async with serving(app) as client:
-        first = service.supervisor.worker
+        first = service.supervisor.dispatcher
         first_pid = first.pid
         assert first_pid is not None and first_pid != os.getpid()
         gate.close()
         explaining = asyncio.ensure_future(client.post("/v1/explain", files=image))
         await await_until(gate.entered.is_set, what="the worker process to hold the explanation")
         predicting = asyncio.ensure_future(client.post("/v1/predict", files=image))
-        await await_until(lambda: service.scheduler.depth() == 2, what="a prediction queued behind it")
+        await await_until(lambda: service.queue.depth() == 2, what="a prediction queued behind it")
         crash_worker(service)  # SIGKILL: no exception, no cleanup in the worker
         gate.open()
         answers = await asyncio.gather(explaining, predicting)
         await await_until(lambda: service.supervisor.restarts == 1, what="the restart")
-        assert await service.supervisor.wait_ready(60), service.not_ready_reason()
-        second_pid = service.supervisor.worker.pid
+        assert await ready_within(service, 60), service.not_ready_reason()
+        second_pid = service.supervisor.dispatcher.pid
         after = await client.post("/v1/explain", files=image, data={"max_channels": "8"})
         ready = await client.get("/readyz")
     for response in answers:
@@ -80,7 +81,7 @@ async def test_an_answer_is_identical_whether_it_shared_its_batches_or_ran_alone
 ) -> None:
     small_png = image_bytes(cat_photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((64, 48)))  # another image
     app = tiny_app()
-    scheduler = app.state.service.scheduler
+    queue, recorded = app.state.service.queue, batch_log(app)
     form = {"outputs": "raw"}
     async with serving(app) as client:
         alone = await client.post("/v1/explain", files={"image": ("i.png", cat_png)}, data=form)
@@ -91,11 +92,11 @@ async def test_an_answer_is_identical_whether_it_shared_its_batches_or_ran_alone
             asyncio.ensure_future(client.post("/v1/explain", files={"image": ("i.png", cat_png)}, data=form)),
             asyncio.ensure_future(client.post("/v1/explain", files={"image": ("s.png", small_png)}, data=form)),
         ]
-        await await_until(lambda: scheduler.depth() == 3, what="both explanations queued")
+        await await_until(lambda: queue.depth() == 3, what="both explanations queued")
         gate.open()
         await held
-        shared, other = await asyncio.gather(*together)
-    assert max(len(set(r.request_ids)) for r in scheduler.history() if r.kind == "scorecam") == 2, (
+        shared, _other = await asyncio.gather(*together)
+    assert max(len(set(r.request_ids)) for r in recorded.history() if r.kind == "scorecam") == 2, (
         "the two explanations shared masked batches"
     )
     assert alone.status_code == shared.status_code == 200

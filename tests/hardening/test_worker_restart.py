@@ -20,8 +20,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.service.worker import Worker
-from tests.api.conftest import await_until, crash_worker, serving, tiny_app
+from app.serving.dispatcher import Dispatcher
+from tests.api.conftest import await_until, crash_worker, ready_within, serving, tiny_app
 from tests.api.tinynet import Gate
 
 pytestmark = pytest.mark.anyio
@@ -34,21 +34,23 @@ class HeldRestart:
 
     def __init__(self, app: FastAPI) -> None:
         supervisor = app.state.service.supervisor
-        self.make_worker = supervisor.make_worker
+        self.make_dispatcher = supervisor.make_dispatcher
         self.replacement_waiting = threading.Event()
         self.release = threading.Event()
-        supervisor.make_worker = self
+        supervisor.make_dispatcher = self
 
-    def __call__(self, generation: int, on_exit: Callable[[BaseException | None], None], on_ready: Callable[[], None]) -> Worker:
+    def __call__(
+        self, generation: int, on_exit: Callable[[BaseException | None], None], on_ready: Callable[[], None]
+    ) -> Dispatcher:
         if generation == 0:
-            return self.make_worker(generation, on_exit, on_ready)
+            return self.make_dispatcher(generation, on_exit, on_ready)
 
         def ready_when_released() -> None:
             self.replacement_waiting.set()
             self.release.wait(DEADLINE_S)
             on_ready()
 
-        return self.make_worker(generation, on_exit, ready_when_released)
+        return self.make_dispatcher(generation, on_exit, ready_when_released)
 
 
 def stream_events(text: str) -> list[tuple[str, Any]]:
@@ -67,9 +69,7 @@ def assert_restarting(response: httpx.Response) -> None:
     assert "Retry-After" in response.headers
 
 
-async def test_while_the_worker_is_dead_readiness_and_new_work_are_503_until_it_is_back(
-    cat_png: bytes, gate: Gate
-) -> None:
+async def test_while_the_worker_is_dead_readiness_and_new_work_are_503_until_it_is_back(cat_png: bytes, gate: Gate) -> None:
     app = tiny_app()
     service = app.state.service
     restart = HeldRestart(app)
@@ -79,13 +79,9 @@ async def test_while_the_worker_is_dead_readiness_and_new_work_are_503_until_it_
             gate.close()
             explaining = asyncio.ensure_future(client.post("/v1/explain", files=image))
             await await_until(gate.entered.is_set, what="the worker to hold the explanation")
-            streaming = asyncio.ensure_future(
-                client.post("/v1/explain", files=image, headers={"Accept": "text/event-stream"})
-            )
-            predicting = asyncio.ensure_future(
-                client.post("/v1/predict", json={"image": base64.b64encode(cat_png).decode()})
-            )
-            await await_until(lambda: service.scheduler.depth() == 3, what="three requests in the worker")
+            streaming = asyncio.ensure_future(client.post("/v1/explain", files=image, headers={"Accept": "text/event-stream"}))
+            predicting = asyncio.ensure_future(client.post("/v1/predict", json={"image": base64.b64encode(cat_png).decode()}))
+            await await_until(lambda: service.queue.depth() == 3, what="three requests in the worker")
             dying = crash_worker(service)
             gate.open()
             at_death = await asyncio.wait_for(asyncio.gather(explaining, streaming, predicting), DEADLINE_S)
@@ -99,7 +95,7 @@ async def test_while_the_worker_is_dead_readiness_and_new_work_are_503_until_it_
                 "metrics": await client.get("/metrics"),
             }
             restart.release.set()
-            assert await service.supervisor.wait_ready(DEADLINE_S), service.not_ready_reason()
+            assert await ready_within(service, DEADLINE_S), service.not_ready_reason()
             back = {
                 "readyz": await client.get("/readyz"),
                 "predict": await client.post("/v1/predict", files=image),
@@ -127,7 +123,7 @@ async def test_while_the_worker_is_dead_readiness_and_new_work_are_503_until_it_
     assert "scorecam_worker_restarts_total 1.0" in dead["metrics"].text
 
     # once the replacement is up
-    assert service.supervisor.worker is not dying and service.supervisor.restarts == 1
+    assert service.supervisor.dispatcher is not dying and service.supervisor.restarts == 1
     assert back["readyz"].status_code == 200 and back["readyz"].json()["status"] == "ready"
     assert back["predict"].status_code == 200 and back["predict"].json()["predictions"]
     assert back["explain"].status_code == 200 and back["explain"].json()["explanations"]

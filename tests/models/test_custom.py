@@ -18,9 +18,7 @@ LABELS = ["cat", "dog", "bird"]
 class SmallCnn(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()
-        )
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
         self.fc = nn.Linear(16, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,9 +49,7 @@ def resnet_state(tmp_path: Path) -> tuple[nn.Module, Path]:
     return module, path
 
 
-def test_torchscript_from_a_json_file(
-    tmp_path: Path, labels_file: Path, torchscript: tuple[nn.Module, Path]
-) -> None:
+def test_torchscript_from_a_json_file(tmp_path: Path, labels_file: Path, torchscript: tuple[nn.Module, Path]) -> None:
     module, _ = torchscript
     config = {
         "name": "small",
@@ -83,9 +79,7 @@ def test_torchscript_from_a_json_file(
 def test_state_dict_with_an_architecture(resnet_state: tuple[nn.Module, Path]) -> None:
     module, path = resnet_state
     registry = default_registry()
-    registry.register_custom(
-        {"name": "pets", "weights": str(path), "architecture": "resnet18", "num_classes": 3}
-    )
+    registry.register_custom({"name": "pets", "weights": str(path), "architecture": "resnet18", "num_classes": 3})
     loaded = registry.load("pets")
     assert loaded.default_layer == "layer4"
     assert loaded.labels == ["class 0", "class 1", "class 2"]
@@ -199,9 +193,7 @@ BAD_CONFIGS: list[tuple[dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize("config, message", BAD_CONFIGS)
-def test_bad_configs_are_invalid_options(
-    tmp_path: Path, labels_file: Path, config: dict[str, Any], message: str
-) -> None:
+def test_bad_configs_are_invalid_options(tmp_path: Path, labels_file: Path, config: dict[str, Any], message: str) -> None:
     (tmp_path / "w.pth").write_bytes(b"")
     with pytest.raises(InvalidOption, match=message):
         CustomModelConfig.from_dict(config, base_dir=tmp_path)
@@ -215,37 +207,25 @@ def test_bad_json_is_an_invalid_option(tmp_path: Path) -> None:
         default_registry().register_custom(tmp_path / "absent.json")
 
 
-def test_a_torchscript_model_has_no_random_init(
-    labels_file: Path, torchscript: tuple[nn.Module, Path]
-) -> None:
+def test_a_torchscript_model_has_no_random_init(labels_file: Path, torchscript: tuple[nn.Module, Path]) -> None:
     registry = Registry()
     _, path = torchscript
-    registry.register_custom(
-        {"name": "s", "weights": str(path), "labels_file": str(labels_file), "target_layer": "features"}
-    )
+    registry.register_custom({"name": "s", "weights": str(path), "labels_file": str(labels_file), "target_layer": "features"})
     with pytest.raises(InvalidOption, match="no random init"):
         registry.load("s", weights=None)
 
 
-def test_a_state_dict_given_as_torchscript_is_an_invalid_option(
-    labels_file: Path, resnet_state: tuple[nn.Module, Path]
-) -> None:
+def test_a_state_dict_given_as_torchscript_is_an_invalid_option(labels_file: Path, resnet_state: tuple[nn.Module, Path]) -> None:
     registry = Registry()
     _, path = resnet_state
-    registry.register_custom(
-        {"name": "s", "weights": str(path), "labels_file": str(labels_file), "target_layer": "layer4"}
-    )
+    registry.register_custom({"name": "s", "weights": str(path), "labels_file": str(labels_file), "target_layer": "layer4"})
     with pytest.raises(InvalidOption, match="not a TorchScript file"):
         registry.load("s")
 
 
-def test_labels_that_do_not_match_the_torchscript_outputs(
-    tmp_path: Path, torchscript: tuple[nn.Module, Path]
-) -> None:
+def test_labels_that_do_not_match_the_torchscript_outputs(tmp_path: Path, torchscript: tuple[nn.Module, Path]) -> None:
     _, path = torchscript
     registry = Registry()
-    registry.register_custom(
-        {"name": "s", "weights": str(path), "num_classes": 5, "target_layer": "features"}
-    )
+    registry.register_custom({"name": "s", "weights": str(path), "num_classes": 5, "target_layer": "features"})
     with pytest.raises(InvalidOption, match=r"outputs \(1, 3\) .* names 5 classes"):
         registry.load("s")

@@ -24,9 +24,7 @@ def test_packaged_file_has_timm_tensors_in_order() -> None:
     assert next(iter(packaged)) == "_conv_stem.weight"  # efficientnet-pytorch naming, not timm's
 
 
-def test_outputs_equal_timm_with_the_positionally_renamed_dict(
-    lite0: LoadedModel, cat_photo: Image.Image
-) -> None:
+def test_outputs_equal_timm_with_the_positionally_renamed_dict(lite0: LoadedModel, cat_photo: Image.Image) -> None:
     packaged = torch.load(packaged_weights_path(), map_location="cpu", weights_only=True)
     reference = timm.create_model(ARCHITECTURE, pretrained=False).eval()
     reference.load_state_dict(dict(zip(reference.state_dict(), packaged.values(), strict=True)))

@@ -26,9 +26,7 @@ def test_builds_with_random_init_and_default_layer_is_the_feature_map(registry: 
     layer, channels = EXPECTED[name]
     loaded = registry.load(name, weights=None)
     shapes: list[torch.Size] = []
-    handle = loaded.resolve_layer(loaded.default_layer).register_forward_hook(
-        lambda m, i, o: shapes.append(o.shape)
-    )
+    handle = loaded.resolve_layer(loaded.default_layer).register_forward_hook(lambda m, i, o: shapes.append(o.shape))
     try:
         with torch.inference_mode():
             features = loaded.module.forward_features(torch.zeros(1, 3, 64, 64))

@@ -32,9 +32,7 @@ def test_builds_with_random_init_and_default_layer_is_a_4d_map(registry: Registr
     start = time.perf_counter()
     loaded = registry.load(name, weights=None)
     shapes: list[torch.Size] = []
-    handle = loaded.resolve_layer(loaded.default_layer).register_forward_hook(
-        lambda m, i, o: shapes.append(o.shape)
-    )
+    handle = loaded.resolve_layer(loaded.default_layer).register_forward_hook(lambda m, i, o: shapes.append(o.shape))
     try:
         with torch.inference_mode():
             logits = loaded.module(torch.zeros(1, 3, SMALL_INPUT, SMALL_INPUT))

@@ -121,9 +121,7 @@ def drop_file(page: Any, path: Path) -> None:
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
 
 
-def test_a_dropped_image_and_a_picked_class_are_explained(
-    page: Any, demo_url: str, photo: tuple[Path, set[str]]
-) -> None:
+def test_a_dropped_image_and_a_picked_class_are_explained(page: Any, demo_url: str, photo: tuple[Path, set[str]]) -> None:
     path, _ = photo
     open_page(page, demo_url)
     drop_file(page, path)

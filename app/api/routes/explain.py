@@ -6,13 +6,14 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import ServiceDep, SettingsDep
 from app.api.disconnect import unless_disconnected
 from app.api.encoders import explain_json, explain_spec
 from app.api.forms import LIST_FIELDS, read_image_request
 from app.api.openapi import error_responses, request_body
+from app.api.rendering import rendered
 from app.api.schemas import ExplainJSON, ExplainOptions, ExplainResponse
 from app.api.sse import MEDIA_TYPE, ProgressFeed, explain_stream, wants_event_stream
 from app.imaging.images import ImageLimits, decode_image
@@ -37,7 +38,9 @@ as the masks; it costs 2n+1 extra forward passes per explained class, n = 1/`met
 """
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {MEDIA_TYPE: {"schema": {"type": "string"}, "example": 'event: progress\ndata: {"done":64,"total":812}\n\n'}}},
+    200: {
+        "content": {MEDIA_TYPE: {"schema": {"type": "string"}, "example": 'event: progress\ndata: {"done":64,"total":812}\n\n'}}
+    },
     **error_responses(400, 401, 404, 413, 415, 422, 503, 504),
 }
 
@@ -48,12 +51,10 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     response_model_exclude_none=True,
     summary="Explain a classification with heatmaps",
     description=DESCRIPTION,
-    openapi_extra=request_body(
-        ExplainJSON, LIST_FIELDS, {"top_k": 1, "outputs": ["heatmap", "overlay"], "max_channels": 256}
-    ),
+    openapi_extra=request_body(ExplainJSON, LIST_FIELDS, {"top_k": 1, "outputs": ["heatmap", "overlay"], "max_channels": 256}),
     responses=RESPONSES,
 )
-async def explain(request: Request, service: ServiceDep, settings: SettingsDep) -> Any:
+async def explain(request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
     service.check_capacity()  # an overloaded service refuses before the upload is read ...
     data, options = await read_image_request(request, ExplainOptions)
     plan = service.check_explain(explain_spec(options))  # ... and before it is decoded, planned once
@@ -64,4 +65,4 @@ async def explain(request: Request, service: ServiceDep, settings: SettingsDep) 
         pending = await service.submit_explain(image, plan, feed)
         return explain_stream(pending, feed)
     outcome = await unless_disconnected(request, service.explain(image, plan))
-    return JSONResponse(explain_json(outcome))
+    return JSONResponse(explain_json(outcome, await rendered(outcome, image, plan.spec.outputs)))

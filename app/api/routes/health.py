@@ -25,7 +25,7 @@ async def healthz() -> HealthResponse:
     responses={503: {"model": ReadyResponse, "description": "Starting, restarting or shutting down."}},
 )
 async def readyz(service: ServiceDep) -> JSONResponse:
-    names = [m["name"] for m in service.models()]
+    names = [m.name for m in service.models()]
     if service.ready:
         return JSONResponse(ReadyResponse(status="ready", models=names).model_dump())
     body = ReadyResponse(status="not_ready", reason=service.not_ready_reason(), models=names)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import MetricsDep, ServiceDep
-from app.service.prometheus import CONTENT_TYPE
+from app.serving.prometheus import CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"])
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
 async def metrics(metrics: MetricsDep, service: ServiceDep) -> Response:
-    metrics.set_queue(service.scheduler.depth(), service.scheduler.pending_forwards())
+    metrics.set_queue(service.queue.depth(), service.queue.pending_forwards())
     return Response(metrics.render(), media_type=CONTENT_TYPE)

@@ -39,8 +39,11 @@ EXTENSIONS = ["binary_tensor_data", "classification"]
 ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ProtocolError, "description": d}
     for s, d in {
-        401: "Missing or wrong API key.", 404: "Unknown model or version.", 413: "Body or image too large.",
-        422: "Invalid tensors, parameters or image.", 503: "Queue full or not ready (see Retry-After).",
+        401: "Missing or wrong API key.",
+        404: "Unknown model or version.",
+        413: "Body or image too large.",
+        422: "Invalid tensors, parameters or image.",
+        503: "Queue full or not ready (see Retry-After).",
         504: "The request's deadline passed.",
     }.items()
 }
@@ -59,7 +62,7 @@ def inlined(schema: dict[str, Any]) -> dict[str, Any]:
             return [walk(v) for v in node]
         return node
 
-    return walk(schema)  # type: ignore[no-any-return]
+    return walk(schema)
 
 
 INFER_BODY = {
@@ -140,9 +143,7 @@ async def versioned_model_ready(name: str, version: str, service: ServiceDep) ->
     return await model_ready(name, service)
 
 
-@router.post(
-    "/models/{name}/infer", response_model=InferResponse, responses=ERRORS, openapi_extra=INFER_BODY, summary="Infer"
-)
+@router.post("/models/{name}/infer", response_model=InferResponse, responses=ERRORS, openapi_extra=INFER_BODY, summary="Infer")
 async def infer(name: str, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
     """Class probabilities (``<name>``) or heatmaps (``<name>.scorecam``) of the input tensor."""
     service.check_capacity()  # an overloaded service refuses before the body is read

@@ -1,6 +1,6 @@
 """Runtimes for the masked forwards: torch eager (the reference) and OpenVINO (CPU)."""
 
-from app.cam.runtimes.base import RUNTIMES, TOLERANCES, Runtime, relative_error
+from app.cam.runtimes.base import TOLERANCES, Runtime, relative_error
 from app.cam.runtimes.cache import default_cache_dir
 from app.cam.runtimes.calibration import Calibration
 from app.cam.runtimes.choice import check_runtime_name, choose_runtime
@@ -12,11 +12,12 @@ from app.cam.runtimes.openvino_cpu import (
     quantisation_count,
 )
 from app.cam.runtimes.torch_eager import TorchRuntime
+from app.methods import RUNTIMES
 
 __all__ = [
     "RUNTIMES",
-    "Calibration",
     "TOLERANCES",
+    "Calibration",
     "OpenVINORuntime",
     "Runtime",
     "TorchRuntime",

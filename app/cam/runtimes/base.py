@@ -26,7 +26,6 @@ import torch
 if TYPE_CHECKING:
     from app.cam.runtimes.calibration import CheckSet
 
-RUNTIMES: tuple[str, ...] = ("auto", "torch", "openvino")
 # fp32: as folding (app/cam/folding.py); bf16/fp16: torch's own autocast is ~2 % off fp32 on the
 # embedded model, so 5 % still catches a wrong conversion (which is off by far more).
 TOLERANCES: dict[str, float] = {"fp32": 1e-3, "bf16": 5e-2, "fp16": 2e-2}
@@ -103,9 +102,11 @@ def int8_agreement(got: torch.Tensor, want: torch.Tensor, check: CheckSet) -> tu
         partial = [torch.relu(torch.softmax(t[rows + photos].double(), 1)[:, top1[j]] @ maps) for t in (got, want)]
         map_corr = min(map_corr, float(logit_correlation(partial[0][None], partial[1][None])[0]))
     ok = same == 1.0 and photo_corr >= INT8_MIN_CORRELATION and map_corr >= INT8_MIN_MAP_CORRELATION
-    return ok, (f"top-1 kept on {same:.0%} of photos (need 100%), photo logit correlation min {photo_corr:.4f} "
-                f"(need {INT8_MIN_CORRELATION}), partial Score-CAM map correlation min {map_corr:.4f} "
-                f"(need {INT8_MIN_MAP_CORRELATION})")
+    return ok, (
+        f"top-1 kept on {same:.0%} of photos (need 100%), photo logit correlation min {photo_corr:.4f} "
+        f"(need {INT8_MIN_CORRELATION}), partial Score-CAM map correlation min {map_corr:.4f} "
+        f"(need {INT8_MIN_MAP_CORRELATION})"
+    )
 
 
 def check_batch(side: int, device: torch.device, n: int = CHECK_BATCH) -> torch.Tensor:

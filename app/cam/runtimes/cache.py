@@ -39,8 +39,13 @@ def writable_dir(path: Path) -> bool:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
             pass
     except OSError as exc:
-        log.warning("cache folder %s is not writable (%s): converting without a cache; set %s to a "
-                    "writable folder to keep converted models between starts", path, exc, CACHE_DIR_ENV)
+        log.warning(
+            "cache folder %s is not writable (%s): converting without a cache; set %s to a "
+            "writable folder to keep converted models between starts",
+            path,
+            exc,
+            CACHE_DIR_ENV,
+        )
         return False
     return True
 

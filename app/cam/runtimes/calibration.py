@@ -48,13 +48,11 @@ def skimage_photos() -> list[Image.Image]:
     return [Image.open(folder / name).convert("RGB") for name in PHOTOS if (folder / name).is_file()]
 
 
-def _default_preprocess(
-    side: int, mean: tuple[float, ...], std: tuple[float, ...]
-) -> Callable[[Image.Image], torch.Tensor]:
+def _default_preprocess(side: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[[Image.Image], torch.Tensor]:
     def preprocess(img: Image.Image) -> torch.Tensor:
         short = min(img.size)
         left, top = (img.width - short) // 2, (img.height - short) // 2
-        crop = img.crop((left, top, left + short, top + short)).resize((side, side), Image.BICUBIC)
+        crop = img.crop((left, top, left + short, top + short)).resize((side, side), Image.Resampling.BICUBIC)
         x = torch.frombuffer(bytearray(crop.tobytes()), dtype=torch.uint8).reshape(side, side, 3)
         x = x.permute(2, 0, 1).float() / 255
         return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
@@ -70,8 +68,10 @@ def generated_photos(n: int, side: int) -> torch.Tensor:
 
 
 def _generated(side: int) -> torch.Tensor:
-    log.warning("scikit-image is not installed: int8 is calibrated on generated images "
-                "(pip install 'scorecam-service[int8]' for real photos)")
+    log.warning(
+        "scikit-image is not installed: int8 is calibrated on generated images "
+        "(pip install 'scorecam-service[int8]' for real photos)"
+    )
     return generated_photos(len(PHOTOS), side)
 
 
@@ -106,8 +106,9 @@ class Calibration:
     _key: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
-    def from_photos(cls, preprocess: Callable[[Image.Image], torch.Tensor], layer: str | None = None,
-                    samples: int = SAMPLES) -> Calibration:
+    def from_photos(
+        cls, preprocess: Callable[[Image.Image], torch.Tensor], layer: str | None = None, samples: int = SAMPLES
+    ) -> Calibration:
         """scikit-image's photos through the model's own preprocessing (the one to use)."""
         photos = skimage_photos()
         if not photos:
@@ -116,8 +117,9 @@ class Calibration:
         return cls(torch.stack([preprocess(p) for p in photos]), layer, samples, "scikit-image")
 
     @classmethod
-    def default(cls, side: int, layer: str | None = None, mean: tuple[float, ...] = IMAGENET_MEAN,
-                std: tuple[float, ...] = IMAGENET_STD) -> Calibration:
+    def default(
+        cls, side: int, layer: str | None = None, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+    ) -> Calibration:
         """scikit-image's photos, centre-cropped to ``side`` and normalised with ``mean``/``std``
         (ImageNet's by default: a model normalised otherwise should use ``from_photos``)."""
         photos = skimage_photos()
@@ -183,9 +185,11 @@ def last_spatial_layer(module: nn.Module, probe: torch.Tensor) -> str:
     handles = []
     for name, sub in module.named_modules():
         if name and not list(sub.children()):
+
             def hook(m: nn.Module, i: object, o: object, name: str = name) -> None:
                 if isinstance(o, torch.Tensor) and o.dim() == 4 and o.shape[-1] * o.shape[-2] > 1:
                     seen.append(name)
+
             handles.append(sub.register_forward_hook(hook))
     try:
         with torch.inference_mode():
@@ -194,6 +198,5 @@ def last_spatial_layer(module: nn.Module, probe: torch.Tensor) -> str:
         for handle in handles:
             handle.remove()
     if not seen:
-        raise InvalidOption("no layer with a spatial output to build calibration masks from; "
-                            "pass Calibration(layer=...)")
+        raise InvalidOption("no layer with a spatial output to build calibration masks from; pass Calibration(layer=...)")
     return seen[-1]

@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from app.cam.precision import native_precisions
-from app.cam.runtimes.base import RUNTIMES, TOLERANCES, Runtime, check_batch, int8_agreement, relative_error
+from app.cam.runtimes.base import TOLERANCES, Runtime, check_batch, int8_agreement, relative_error
 from app.cam.runtimes.calibration import Calibration
 from app.cam.runtimes.openvino_cpu import HINTS, OpenVINORuntime, nncf_version, openvino_version
 from app.cam.runtimes.torch_eager import TorchRuntime
 from app.errors import InvalidOption
+from app.methods import RUNTIMES
 
 log = logging.getLogger(__name__)
 
@@ -71,31 +70,47 @@ def choose_runtime(
             runtime = OpenVINORuntime(reference.fast, input_size, precisions, cache_dir, use_cached_ir=False, int8=int8)
             errors = _agreement(runtime, reference, input_size)
     except Exception as exc:  # noqa: BLE001 - any conversion or compile failure means: torch serves
-        log.warning("runtime torch for %s: OpenVINO could not convert or compile it (%s: %s)",
-                    label, type(exc).__name__, exc)
+        log.warning("runtime torch for %s: OpenVINO could not convert or compile it (%s: %s)", label, type(exc).__name__, exc)
         return reference
     failed = {p: e for p, e in errors.items() if e > TOLERANCES[p]}
     if "fp32" in failed:
-        log.warning("runtime torch for %s: OpenVINO's fp32 logits disagree with torch (relative error %.2g > %g)",
-                    label, failed["fp32"], TOLERANCES["fp32"])
+        log.warning(
+            "runtime torch for %s: OpenVINO's fp32 logits disagree with torch (relative error %.2g > %g)",
+            label,
+            failed["fp32"],
+            TOLERANCES["fp32"],
+        )
         return reference
     for precision, error in failed.items():
-        log.warning("%s on OpenVINO disagrees with torch in %s (relative error %.2g > %g): torch serves %s",
-                    label, precision, error, TOLERANCES[precision], precision)
+        log.warning(
+            "%s on OpenVINO disagrees with torch in %s (relative error %.2g > %g): torch serves %s",
+            label,
+            precision,
+            error,
+            TOLERANCES[precision],
+            precision,
+        )
         runtime.drop(precision)
     int8_note = _check_int8(runtime, reference, label)
     how = "loaded from cache" if runtime.from_cache else "converted"
-    log.info("runtime openvino %s for %s: %s and compiled in %.1f s, agrees with torch (%s); torch serves %s",
-             version.split("-")[0], label, how, runtime.setup_s,
-             ", ".join(f"{p} {e:.1g}" for p, e in errors.items() if p in runtime.precisions),
-             ", ".join(p for p in ("fp32", "bf16", "fp16") if p not in runtime.precisions))
+    log.info(
+        "runtime openvino %s for %s: %s and compiled in %.1f s, agrees with torch (%s); torch serves %s",
+        version.split("-")[0],
+        label,
+        how,
+        runtime.setup_s,
+        ", ".join(f"{p} {e:.1g}" for p, e in errors.items() if p in runtime.precisions),
+        ", ".join(p for p in ("fp32", "bf16", "fp16") if p not in runtime.precisions),
+    )
     if int8_note:
         log.info("int8 on OpenVINO for %s: %s", label, int8_note)
     return runtime
 
 
-INT8_ON_TORCH = ("precision 'int8' runs on the OpenVINO runtime only (runtime 'openvino' or 'auto', on a CPU); "
-                 "the torch runtime computes: auto, fp32, bf16, fp16")
+INT8_ON_TORCH = (
+    "precision 'int8' runs on the OpenVINO runtime only (runtime 'openvino' or 'auto', on a CPU); "
+    "the torch runtime computes: auto, fp32, bf16, fp16"
+)
 
 
 def _check_int8(runtime: OpenVINORuntime, reference: TorchRuntime, label: str) -> str:

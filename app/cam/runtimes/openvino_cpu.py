@@ -93,8 +93,7 @@ def _quantize(model: Any, inputs: torch.Tensor) -> Any:
     logging.getLogger("nncf").setLevel(logging.WARNING)
     dataset = nncf.Dataset([x[None].numpy() for x in inputs.float().contiguous()])
     with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars: no bars in the core
-        quantised = nncf.quantize(model, dataset, subset_size=int(inputs.shape[0]),
-                                  target_device=nncf.TargetDevice.CPU)
+        quantised = nncf.quantize(model, dataset, subset_size=int(inputs.shape[0]), target_device=nncf.TargetDevice.CPU)
     _quantisations += 1
     return quantised
 
@@ -114,7 +113,7 @@ class OpenVINORuntime:
 
     name = "openvino"
     memory_format = torch.contiguous_format  # OpenVINO's inputs are dense NCHW arrays
-    torch_threads = 1  # OpenVINO's own threads run the forwards (threads.py)
+    torch_threads: int | None = 1  # OpenVINO's own threads run the forwards (threads.py)
 
     def __init__(
         self,
@@ -146,18 +145,22 @@ class OpenVINORuntime:
             try:
                 self._sources["int8"] = self._load_or_quantize(module, source, int8, folder, use_cached_ir)
             except Exception as exc:  # noqa: BLE001 - fp32 still serves (int8 requests too)
-                log.warning("OpenVINO could not quantise the model to int8 (%s: %s): fp32 serves int8",
-                            type(exc).__name__, exc)
+                log.warning("OpenVINO could not quantise the model to int8 (%s: %s): fp32 serves int8", type(exc).__name__, exc)
         self._requests: dict[str, Any] = {}  # dynamic batch, one per precision
         self._static: dict[tuple[str, int], Any] = {}  # (precision, batch size): static shape
         for precision in self._sources:
             try:
                 compiled = self._core.compile_model(self._sources[precision], "CPU", self._config(precision))
-            except Exception as exc:  # noqa: BLE001 - without fp32 there is no runtime; without bf16, torch serves it
+            except Exception as exc:
                 if precision == "fp32":
                     raise
-                log.warning("OpenVINO could not compile %s (%s): %s serves %s", precision, exc,
-                            "fp32" if precision == "int8" else "torch", precision)
+                log.warning(
+                    "OpenVINO could not compile %s (%s): %s serves %s",
+                    precision,
+                    exc,
+                    "fp32" if precision == "int8" else "torch",
+                    precision,
+                )
                 continue
             self._requests[precision] = compiled.create_infer_request()
         self.setup_s = time.perf_counter() - started
@@ -175,7 +178,6 @@ class OpenVINORuntime:
 
     def _load_or_convert(self, module: nn.Module, folder: Path | None, use_cached_ir: bool) -> Any:
         """The cached IR's path when present, else a fresh conversion (saved when writable)."""
-        import openvino as ov
 
         if folder is None:
             return _convert(module, self._example())
@@ -188,8 +190,9 @@ class OpenVINORuntime:
             self._save(model, ir)
         return model
 
-    def _load_or_quantize(self, module: nn.Module, source: Any, calibration: Calibration, folder: Path | None,
-                          use_cached_ir: bool) -> Any:
+    def _load_or_quantize(
+        self, module: nn.Module, source: Any, calibration: Calibration, folder: Path | None, use_cached_ir: bool
+    ) -> Any:
         """The cached int8 IR's path when present, else ``nncf.quantize`` of ``source`` (saved when writable).
 
         Its key: the module's key, how it is quantised, the calibration's digest and NNCF's version.
@@ -232,8 +235,7 @@ class OpenVINORuntime:
             os.replace(tmp.with_suffix(".bin"), ir.with_suffix(".bin"))
             os.replace(tmp, ir)
         except OSError as exc:
-            log.warning("could not save the converted model under %s (%s); it is converted again next start",
-                        ir.parent, exc)
+            log.warning("could not save the converted model under %s (%s); it is converted again next start", ir.parent, exc)
             for leftover in (tmp, tmp.with_suffix(".bin")):
                 leftover.unlink(missing_ok=True)
 
@@ -270,8 +272,7 @@ class OpenVINORuntime:
                         raise ValueError(f"the static {precision} model disagrees with the dynamic one")
                     self._static[precision, batch_size] = request
             except Exception as exc:  # noqa: BLE001 - the dynamic models still serve every size
-                log.warning("no static-shape OpenVINO model at batch %d (%s): the dynamic one serves it",
-                            batch_size, exc)
+                log.warning("no static-shape OpenVINO model at batch %d (%s): the dynamic one serves it", batch_size, exc)
                 self._static = {}
 
     def accepts(self, batch: torch.Tensor, precision: str) -> bool:

@@ -12,7 +12,7 @@ class TorchRuntime:
     """Eager forwards of ``fast`` under autocast; serves every precision on every device."""
 
     name = "torch"
-    torch_threads = None  # torch's own pool runs the forwards
+    torch_threads: int | None = None  # torch's own pool runs the forwards
 
     def __init__(self, fast: nn.Module, device: torch.device, channels_last: bool = True) -> None:
         self.fast = fast

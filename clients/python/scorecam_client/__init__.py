@@ -59,9 +59,9 @@ __all__ = [
     "ScoreCamClientError",
     "StatsOut",
     "TimingOut",
+    "__version__",
     "heatmap_array",
     "heatmap_image",
     "png_image",
     "raw_array",
-    "__version__",
 ]

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import httpx_sse
 
+from scorecam_client.bodies import DEFAULT_TIMEOUT, DEFAULT_URL, explain_body, http_client_to_use, predict_body
 from scorecam_client.errors import ApiError, retry_after
 from scorecam_client.events import EVENT_STREAM, Progress, stream_ended, stream_item
 from scorecam_client.images import ImageInput
 from scorecam_client.models import ExplainResponse, LabelList, ModelEntry, ModelList, PredictResponse
 from scorecam_client.options import ExplainOptions
-from scorecam_client.bodies import DEFAULT_TIMEOUT, DEFAULT_URL, auth_headers, explain_body, predict_body
 from scorecam_client.retries import RetryPolicy
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 
 class AsyncScoreCamClient:
@@ -36,16 +40,12 @@ class AsyncScoreCamClient:
         http_client: httpx.AsyncClient | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(
-            base_url=base_url, timeout=timeout, transport=transport, headers=auth_headers(api_key)
-        )
-        if http_client is not None and api_key:
-            self._http.headers.update(auth_headers(api_key))
+        new_http = partial(httpx.AsyncClient, base_url=base_url, timeout=timeout, transport=transport)
+        self._http, self._owns_http = http_client_to_use(http_client, api_key, new_http)
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
 
-    async def __aenter__(self) -> AsyncScoreCamClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -68,9 +68,7 @@ class AsyncScoreCamClient:
         response = await self._request("GET", f"/v1/models/{name}/labels")
         return LabelList.model_validate_json(response.content).labels
 
-    async def predict(
-        self, image: ImageInput, *, model: str | None = None, top_k: int | None = None
-    ) -> PredictResponse:
+    async def predict(self, image: ImageInput, *, model: str | None = None, top_k: int | None = None) -> PredictResponse:
         files, data = predict_body(image, model, top_k)
         response = await self._request("POST", "/v1/predict", files=files, data=data)
         return PredictResponse.model_validate_json(response.content)

@@ -4,14 +4,32 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Protocol, runtime_checkable
 
-ImageInput = Union[str, Path, bytes, bytearray, memoryview, IO[bytes], Any]
+
+@runtime_checkable
+class PILImageLike(Protocol):
+    """What the client uses of a ``PIL.Image.Image`` (typed without importing Pillow)."""
+
+    @property
+    def mode(self) -> str: ...
+
+    @property
+    def size(self) -> tuple[int, int]: ...
+
+    def save(self, fp: IO[bytes], format: str | None = None) -> None: ...
+
+
+ImageInput = str | Path | bytes | bytearray | memoryview | IO[bytes] | PILImageLike
 """A path, encoded image bytes, a binary file object, or a PIL image (sent as PNG; needs Pillow)."""
 
 CONTENT_TYPES = {
-    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-    ".bmp": "image/bmp", ".gif": "image/gif",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".gif": "image/gif",
 }
 
 
@@ -26,7 +44,7 @@ def image_file(image: ImageInput) -> tuple[str, bytes, str]:
         return path.name, path.read_bytes(), content_type(path.suffix)
     if isinstance(image, (bytes, bytearray, memoryview)):
         return "image", bytes(image), "application/octet-stream"
-    if hasattr(image, "save") and hasattr(image, "mode") and hasattr(image, "size"):
+    if isinstance(image, PILImageLike):  # has save, mode and size
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         return "image.png", buffer.getvalue(), "image/png"

@@ -130,7 +130,18 @@ class ErrorResponse(_Body):
 
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    ModelEntry, ModelList, LabelList, PredictionOut, TimingOut, PredictResponse, RawMapOut, MetricsOut,
-    ExplanationOut, StatsOut, ExplainResponse, ErrorInfo, ErrorResponse,
+    ModelEntry,
+    ModelList,
+    LabelList,
+    PredictionOut,
+    TimingOut,
+    PredictResponse,
+    RawMapOut,
+    MetricsOut,
+    ExplanationOut,
+    StatsOut,
+    ExplainResponse,
+    ErrorInfo,
+    ErrorResponse,
 )
 """Every response model, for the contract test."""

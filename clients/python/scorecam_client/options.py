@@ -46,7 +46,9 @@ class ExplainOptions(_Options):
 
     model: str | None = None
     method: Method | None = None
-    classes: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, description="Class indices (default: the top_k predicted).")
+    classes: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, description="Class indices (default: the top_k predicted)."
+    )
     top_k: int | None = Field(default=None, ge=1)
     layer: str | None = None
     outputs: list[Output] | None = Field(default=None, min_length=1, description="heatmap, overlay, raw.")
@@ -59,7 +61,10 @@ class ExplainOptions(_Options):
         default=None, description="Streamed only: progress events carry the Score-CAM map so far (``Progress.partial_maps``)."
     )
     partial_maps_every: float | None = Field(
-        default=None, ge=0.01, le=1, description="Share of the masked forwards between two partial maps (0.01 to 1; server default 0.1)."
+        default=None,
+        ge=0.01,
+        le=1,
+        description="Share of the masked forwards between two partial maps (0.01 to 1; server default 0.1).",
     )
 
     @field_validator("classes", "outputs", mode="before")

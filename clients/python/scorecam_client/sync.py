@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import httpx_sse
 
+from scorecam_client.bodies import DEFAULT_TIMEOUT, DEFAULT_URL, explain_body, http_client_to_use, predict_body
 from scorecam_client.errors import ApiError, retry_after
 from scorecam_client.events import EVENT_STREAM, Progress, stream_ended, stream_item
 from scorecam_client.images import ImageInput
 from scorecam_client.models import ExplainResponse, LabelList, ModelEntry, ModelList, PredictResponse
 from scorecam_client.options import ExplainOptions
-from scorecam_client.bodies import DEFAULT_TIMEOUT, DEFAULT_URL, auth_headers, explain_body, predict_body
 from scorecam_client.retries import RetryPolicy
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 
 class ScoreCamClient:
@@ -42,16 +46,12 @@ class ScoreCamClient:
         http_client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(
-            base_url=base_url, timeout=timeout, transport=transport, headers=auth_headers(api_key)
-        )
-        if http_client is not None and api_key:
-            self._http.headers.update(auth_headers(api_key))
+        new_http = partial(httpx.Client, base_url=base_url, timeout=timeout, transport=transport)
+        self._http, self._owns_http = http_client_to_use(http_client, api_key, new_http)
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
 
-    def __enter__(self) -> ScoreCamClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,0 +1,187 @@
+"""The worker process's state and its answers: the loaded models and the running jobs by id.
+
+The HTTP process sends one typed call at a time (app/protocol/calls.py); ``DeviceHost.handle``
+answers it. The host keeps the jobs of running requests by id; the HTTP process keeps the queue,
+the fairness, the deadlines and the cancellations, and sees jobs only as ``JobState`` (forwards
+done of total).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from app.cam import fill_batch, run_batch
+from app.cam.scheduler import BatchJob, Chunk
+from app.device.hosted_job import HostedJob
+from app.device.models import ModelStore, ServedModel
+from app.device.warmup import warm_up
+from app.models.sources import ModelSource
+from app.protocol.calls import Call, CollectOutput, DropJobs, Predict, RunBatch, StartJob, WarmUp
+from app.protocol.errors import ErrorPayload
+from app.protocol.messages import MASKED_BATCH, BatchReport, JobOutput, JobSpec, JobState, ModelInfo, WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+class DeviceHost:
+    """The loaded models and the running jobs; every method runs on the process's main thread."""
+
+    def __init__(self, source: ModelSource, config: WorkerConfig) -> None:
+        self.config = config
+        self.oom_splits = 0
+        self.store = ModelStore(source, config, on_oom=self._count_oom)
+        self.jobs: dict[int, HostedJob] = {}
+
+    def _count_oom(self, model: str, batch_size: int) -> None:
+        self.oom_splits += 1
+
+    def handle(self, call: Call[object]) -> object:
+        """Answer one call from the HTTP process (its exception goes back to the caller)."""
+        match call:
+            case WarmUp():
+                return self.warm_up()
+            case Predict(model, inputs):
+                return self.predict(model, inputs)
+            case StartJob(job_id, model, spec, image):
+                return self.start(job_id, model, spec, image)
+            case RunBatch(model, job_ids, batch_size):
+                return self.run(model, job_ids, batch_size)
+            case CollectOutput(job_id):
+                return self.output(job_id)
+            case DropJobs(job_ids):
+                return self.drop(job_ids)
+        raise TypeError(f"the worker does not answer {type(call).__name__}")
+
+    # ---- start-up --------------------------------------------------------------------------
+
+    def warm_up(self) -> list[ModelInfo]:
+        """Load, tune and warm every model; what the HTTP process needs to know about them."""
+        c = self.config
+        seconds, rates = warm_up(self.store, c.warmup_max_channels, c.tune_batch_size, c.explain_batch_size, c.batch_sizes)
+        return [self._info(model, seconds.get(model.name, 0.0), rates.get(model.name)) for model in self.store.all()]
+
+    def _info(self, model: ServedModel, warmup_s: float, forwards_per_s: float | None = None) -> ModelInfo:
+        return ModelInfo(
+            name=model.name,
+            is_default=model.is_default,
+            device=str(model.inference.device),
+            precision=model.inference.precision,  # fp32 where int8 fell back at start
+            runtime=model.inference.runtime_name,
+            batch_size=self.config.explain_batch_size or model.inference.batch_size,
+            preprocessing=model.loaded.preprocessing,
+            labels=tuple(model.loaded.labels),
+            default_layer=model.loaded.default_layer,
+            layers=tuple(model.layers),
+            recipro_layers=tuple(model.loaded.recipro_layers()),
+            layer_locations=dict(model.layer_locations),
+            layer_channels=dict(model.layer_channels),
+            warmup_s=warmup_s,
+            forwards_per_s=forwards_per_s,
+        )
+
+    def device_memory(self) -> float:
+        """Bytes allocated on the device (CUDA), or this process's peak resident memory."""
+        device = self.store.device
+        if device.type == "cuda":
+            return float(torch.cuda.memory_allocated(device))
+        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+    # ---- predictions -----------------------------------------------------------------------
+
+    def predict(self, model_name: str, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """Softmax probabilities [N, classes] of resized images (uint8) or preprocessed inputs (float32)."""
+        model = self.store.get(model_name)
+        x = torch.stack([to_input(model, item) for item in inputs])
+        logits = model.inference.predict_logits(x)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    # ---- explanations ----------------------------------------------------------------------
+
+    def start(self, job_id: int, model_name: str, spec: JobSpec, image: np.ndarray) -> JobState:
+        """One base forward and the plan (batched methods), or the whole map (the others)."""
+        model = self.store.get(model_name)
+        x = to_input(model, image).unsqueeze(0)
+        classes = list(spec.classes) if spec.classes else None
+        job = model.cam(spec).start(x, classes, top_k=spec.top_k)
+        model.layer_channels[spec.layer] = int(job.stats.channels)
+        hosted = HostedJob(model, spec, x, job)
+        self.jobs[job_id] = hosted
+        return hosted.state()
+
+    def run(self, model_name: str, job_ids: Sequence[int], batch_size: int) -> BatchReport:
+        """One forward batch shared by the jobs (in this order, fair shares); a failure of the
+        shared batch re-runs each job's part alone, so only the job that fails fails."""
+        model = self.store.get(model_name)
+        members = {i: self.jobs[i] for i in job_ids if i in self.jobs and self.jobs[i].running is not None}
+        splits_before = self.oom_splits
+        started = time.monotonic()
+        running = {i: job for i, hosted in members.items() if (job := hosted.running) is not None}
+        failed: dict[int, ErrorPayload] = {}
+        jobs = list(running.values())
+        with jobs[0].batch_loop() if jobs else contextlib.nullcontext():  # one group: one loop
+            chunks = fill_batch(jobs, batch_size)
+            in_batch = {i: job for i, job in running.items() if any(c.job is job for c in chunks)}
+            done_before = {i: job.done for i, job in in_batch.items()}
+            kind = members[next(iter(in_batch))].batch_kind if in_batch else MASKED_BATCH
+            try:
+                run_batch(chunks)
+            except Exception as exc:  # noqa: BLE001 - one bad input fails its own request, not the batch
+                if len(in_batch) == 1:
+                    failed = {i: ErrorPayload.of(exc) for i in in_batch}
+                else:
+                    log.warning("a batch shared by %d requests failed (%s); running them one at a time", len(in_batch), exc)
+                    failed = self._run_alone(in_batch, chunks, done_before, exc)
+        survivors = {i: job for i, job in in_batch.items() if i not in failed}
+        size = sum(len(c) for c in chunks if any(c.job is job for job in survivors.values()))
+        precision = chunks[0].job.precision if chunks else None
+        states: dict[int, JobState] = {}
+        for job_id in survivors:
+            try:
+                members[job_id].advance()
+                states[job_id] = members[job_id].state()
+            except Exception as exc:  # noqa: BLE001
+                failed[job_id] = ErrorPayload.of(exc)
+        for job_id in failed:
+            self.jobs.pop(job_id, None)
+        seconds = time.monotonic() - started
+        splits = self.oom_splits - splits_before
+        return BatchReport(
+            kind, size, seconds, precision, states, failed, splits, model.inference.batch_size, self.device_memory()
+        )
+
+    def _run_alone(
+        self, members: dict[int, BatchJob], chunks: list[Chunk], done_before: dict[int, int], exc: Exception
+    ) -> dict[int, ErrorPayload]:
+        failed: dict[int, ErrorPayload] = {}
+        for job_id, job in members.items():
+            if job.done != done_before[job_id]:
+                failed[job_id] = ErrorPayload.of(exc)  # partly recorded before the failure: not trusted
+                continue
+            try:
+                run_batch([chunk for chunk in chunks if chunk.job is job])
+            except Exception as alone:  # noqa: BLE001
+                failed[job_id] = ErrorPayload.of(alone)
+        return failed
+
+    def output(self, job_id: int) -> JobOutput:
+        """A finished job's maps, probabilities and metrics; the job is forgotten."""
+        return self.jobs.pop(job_id).output()
+
+    def drop(self, job_ids: Sequence[int]) -> None:
+        """Forget jobs nobody waits for (cancelled, past their deadline)."""
+        for job_id in job_ids:
+            self.jobs.pop(job_id, None)
+
+
+def to_input(model: ServedModel, item: np.ndarray) -> torch.Tensor:
+    """[3, S, S] float32: uint8 pixels [S, S, 3] normalised the model's way, or a preprocessed input."""
+    if item.dtype == np.uint8:
+        return model.loaded.preprocessing.normalized_pixels(torch.from_numpy(np.ascontiguousarray(item)))
+    return torch.from_numpy(np.ascontiguousarray(item, dtype=np.float32))

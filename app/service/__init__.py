@@ -1,1 +1,0 @@
-"""The serving core: image decoding, the device worker and its queue, rendering, metrics."""
