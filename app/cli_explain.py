@@ -21,7 +21,7 @@ from app.errors import InvalidOption
 from app.methods import METHODS, method_spec
 
 if TYPE_CHECKING:
-    from app.cam import BaseCAM
+    from app.cam import BaseCAM, BaseCamJob
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 INT8_METHODS = " or ".join(name for name, spec in METHODS.items() if spec.int8)
@@ -143,7 +143,7 @@ class LocalExplainer:
             else None,
         )
         options = CamOptions(head=head, weighting=weighting, max_channels=max_channels)
-        self.cam: BaseCAM[Any] = build_cam(method, self.model, self.layer, options)
+        self.cam: BaseCAM[BaseCamJob] = build_cam(method, self.model, self.layer, options)
         self.method = method
         self._stems: set[str] = set()
 

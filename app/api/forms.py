@@ -12,7 +12,7 @@ import binascii
 import json
 import re
 import sys
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -53,7 +53,7 @@ async def _read_multipart(request: Request, model: type[Options]) -> tuple[bytes
         if not isinstance(upload, UploadFile):
             raise InvalidImage("the form field 'image' must be a file upload, not text")
         data = await upload.read()
-        fields: dict[str, Any] = {}
+        fields: dict[str, object] = {}
         for key in {k for k in form if k != "image"}:
             values = [v for v in form.getlist(key) if isinstance(v, str)]
             if len(values) != len(form.getlist(key)):
@@ -91,7 +91,7 @@ async def _read_json(request: Request, model: type[Options]) -> tuple[bytes, Opt
     return decode_base64(image), options
 
 
-def validate_options(model: type[Options], fields: dict[str, Any], strict: bool = False) -> Options:
+def validate_options(model: type[Options], fields: dict[str, object], strict: bool = False) -> Options:
     """Options through the pydantic model; errors become the usual 422 with details.
 
     Form fields are text, so they are coerced ("3" -> 3); JSON values must have the schema's types.

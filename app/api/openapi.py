@@ -11,7 +11,7 @@ FastAPI's page, which loads Swagger UI from a CDN.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any  # the generated OpenAPI document: nested JSON the schema code reads freely
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -30,10 +30,10 @@ SMALL_PNG_BASE64 = (  # a valid 8x8 PNG (tests/hardening/test_fuzz.py decodes it
 )
 
 
-def request_body(json_model: type[BaseModel], list_fields: frozenset[str], example: dict[str, Any]) -> dict[str, Any]:
+def request_body(json_model: type[BaseModel], list_fields: frozenset[str], example: dict[str, object]) -> dict[str, object]:
     """``openapi_extra`` declaring multipart/form-data and application/json bodies."""
     json_schema = json_model.model_json_schema()
-    form_properties: dict[str, Any] = {
+    form_properties: dict[str, object] = {
         "image": {"type": "string", "format": "binary", "minLength": 1, "description": "The image file."}
     }
     for name, info in json_model.model_fields.items():
@@ -61,7 +61,7 @@ def request_body(json_model: type[BaseModel], list_fields: frozenset[str], examp
     }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
     descriptions = {
         400: "Malformed multipart body (no boundary, more than one file, too many fields).",
         401: "Missing or wrong API key.",
@@ -79,7 +79,7 @@ def install_schema_limits(app: FastAPI, settings: Settings) -> None:
     """Write the settings' limits into ``app.openapi()`` (built once, on first use)."""
     build = app.openapi
 
-    def openapi() -> dict[str, Any]:
+    def openapi() -> dict[str, object]:
         if app.openapi_schema is None:
             schema = build()
             _limit(schema, "/v1/predict", {"top_k": {"maximum": settings.max_top_k}})

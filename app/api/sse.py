@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
@@ -66,7 +65,7 @@ class ProgressFeed:
             self.partial = partial
         self.changed.set()
 
-    def take_partial(self) -> list[dict[str, Any]]:
+    def take_partial(self) -> list[dict[str, object]]:
         """The partial maps not yet sent, as the event's JSON (values rounded to 4 decimals)."""
         maps, self.partial = self.partial, ()
         return [
@@ -95,7 +94,7 @@ async def explain_events(pending: PendingExplanation, feed: ProgressFeed) -> Asy
             feed.changed.clear()
             if feed.latest is not None and (feed.latest != sent or feed.partial):
                 sent = feed.latest
-                event: dict[str, Any] = {"done": sent[0], "total": sent[1]}
+                event: dict[str, object] = {"done": sent[0], "total": sent[1]}
                 partial = feed.take_partial()
                 if partial:
                     event["partial_maps"] = partial

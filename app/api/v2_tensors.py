@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +57,7 @@ class OutputTensor:
     datatype: str
     values: np.ndarray
     binary: bool = False
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, object] = field(default_factory=dict)
 
 
 def parse_infer_body(body: bytes, header_length: str | None) -> tuple[InferRequest, list[Tensor]]:
@@ -138,7 +138,7 @@ def _length_prefixed(name: str, raw: bytes) -> Iterator[bytes]:
         offset += length
 
 
-def _flatten(data: list[Any]) -> Iterator[Any]:
+def _flatten(data: list[object]) -> Iterator[Any]:
     for item in data:
         if isinstance(item, list):
             yield from _flatten(item)
@@ -146,7 +146,7 @@ def _flatten(data: list[Any]) -> Iterator[Any]:
             yield item
 
 
-def _from_json(name: str, data: list[Any], datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+def _from_json(name: str, data: list[object], datatype: str, shape: tuple[int, ...]) -> np.ndarray:
     flat = list(_flatten(data))
     count = math.prod(shape)
     if len(flat) != count:
@@ -165,21 +165,21 @@ def _from_json(name: str, data: list[Any], datatype: str, shape: tuple[int, ...]
         raise InvalidOption(f"input '{name}': {exc}") from None
 
 
-def _object_array(elements: list[Any], shape: tuple[int, ...]) -> np.ndarray:
+def _object_array(elements: Sequence[object], shape: tuple[int, ...]) -> np.ndarray:
     array = np.empty(len(elements), dtype=object)
     array[:] = elements
     return array.reshape(shape)
 
 
-def infer_response(body: dict[str, Any], outputs: list[OutputTensor]) -> Response:
+def infer_response(body: dict[str, object], outputs: list[OutputTensor]) -> Response:
     """The response: plain JSON, or the JSON header plus the outputs asked for as binary.
 
     CPU- and memory-bound for heatmaps (JSON writes each float as text): the route runs it in a thread.
     """
-    described: list[dict[str, Any]] = []
+    described: list[dict[str, object]] = []
     chunks: list[bytes] = []
     for out in outputs:
-        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.values.shape)}
+        entry: dict[str, object] = {"name": out.name, "datatype": out.datatype, "shape": list(out.values.shape)}
         parameters = dict(out.parameters)
         if out.binary:
             raw = _to_binary(out)
@@ -204,7 +204,7 @@ def _to_binary(out: OutputTensor) -> bytes:
     return np.ascontiguousarray(out.values, dtype=np.dtype(NUMPY_TYPES[out.datatype])).tobytes()
 
 
-def _to_json(out: OutputTensor) -> list[Any]:
+def _to_json(out: OutputTensor) -> list[object]:
     flat = out.values.reshape(-1)
     if out.datatype == "BYTES":
         return [e.decode() if isinstance(e, bytes) else str(e) for e in flat]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import torch
 
@@ -29,7 +29,7 @@ from app.methods import MethodSpec, method_spec
 Progress = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 ClassSpec = Sequence[int] | Sequence[Sequence[int]] | None
-JobT = TypeVar("JobT", bound=BaseCamJob)
+JobT_co = TypeVar("JobT_co", bound=BaseCamJob, covariant=True)  # a method returns its own kind of job
 Head = Callable[[torch.Tensor], torch.Tensor]  # the network after a layer: A [N, K, h, w] -> logits
 
 
@@ -43,7 +43,7 @@ class CamOptions:
     max_channels: int | None = None  # Score-CAM's channel budget
 
 
-class BaseCAM(ABC, Generic[JobT]):
+class BaseCAM(ABC, Generic[JobT_co]):
     """Explain a classifier's decision through the feature maps of one layer.
 
     Args:
@@ -62,7 +62,7 @@ class BaseCAM(ABC, Generic[JobT]):
         self.layer = resolve_layer(model.module, layer)
 
     @classmethod
-    def from_options(cls, model: InferenceModel, layer: str, options: CamOptions) -> BaseCAM[Any]:
+    def from_options(cls, model: InferenceModel, layer: str, options: CamOptions) -> BaseCAM[BaseCamJob]:
         """Build from the service's options (``build_cam``); a method ignores those it has no use for."""
         return cls(model, layer)
 
@@ -75,7 +75,7 @@ class BaseCAM(ABC, Generic[JobT]):
         """The hooked forward of one image [1, 3, H, W] (moved to the model's device)."""
         return capture(self.model.module, self.layer, self.layer_name, x.to(self.model.device), self.uses_gradients)
 
-    def start(self, x: torch.Tensor, classes: Sequence[int] | None = None, top_k: int = 1) -> JobT:
+    def start(self, x: torch.Tensor, classes: Sequence[int] | None = None, top_k: int = 1) -> JobT_co:
         """Capture one image [1, 3, H, W] and hand back its job (classes default: the top-k).
 
         The job conforms to ``CamJob``: batch its chunks with the scheduler until ``finished``
@@ -85,7 +85,7 @@ class BaseCAM(ABC, Generic[JobT]):
         return self.job_for(cap, resolve_classes(cap, classes, top_k))
 
     @abstractmethod
-    def job_for(self, cap: Capture, classes: list[int]) -> JobT:
+    def job_for(self, cap: Capture, classes: list[int]) -> JobT_co:
         """The method's job for one captured image and its validated classes."""
 
     def __call__(

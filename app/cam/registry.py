@@ -7,20 +7,19 @@ service and the CLI call: each class takes from the options what it uses (``from
 
 from __future__ import annotations
 
-from typing import Any
-
 from app.cam.base import BaseCAM, CamOptions
 from app.cam.grad_cam import GradCAM, GradCAMPlusPlus
 from app.cam.inference import InferenceModel
+from app.cam.jobs import BaseCamJob
 from app.cam.recipro_cam import ReciproCAM
 from app.cam.score_cam import ScoreCAM
 from app.methods import METHOD_NAMES, method_spec
 
-_CLASSES: dict[str, type[BaseCAM[Any]]] = {cls.name: cls for cls in (ScoreCAM, GradCAM, GradCAMPlusPlus, ReciproCAM)}
-METHODS: dict[str, type[BaseCAM[Any]]] = {name: _CLASSES[name] for name in METHOD_NAMES}
+_CLASSES: dict[str, type[BaseCAM[BaseCamJob]]] = {cls.name: cls for cls in (ScoreCAM, GradCAM, GradCAMPlusPlus, ReciproCAM)}
+METHODS: dict[str, type[BaseCAM[BaseCamJob]]] = {name: _CLASSES[name] for name in METHOD_NAMES}
 
 
-def build_cam(name: str, model: InferenceModel, layer: str, options: CamOptions | None = None) -> BaseCAM[Any]:
+def build_cam(name: str, model: InferenceModel, layer: str, options: CamOptions | None = None) -> BaseCAM[BaseCamJob]:
     """The explainer ``name`` of ``model`` at ``layer``.
 
     Recipro-CAM needs ``options.head`` (``LoadedModel.head(layer)``, which raises ``UnsupportedLayer``

@@ -111,6 +111,13 @@ def _check_pixels(size: tuple[int, int], limits: ImageLimits) -> None:
         )
 
 
+def header_size(data: bytes, limits: ImageLimits) -> tuple[int, int]:
+    """An encoded image's (width, height) from its header alone, held to ``limits`` (no pixel decoded)."""
+    size = _open_header(data).size
+    _check_pixels(size, limits)
+    return size
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB; transparent pixels become white rather than black."""
     if image.mode == "RGB":

@@ -82,7 +82,7 @@ class CustomModelConfig:
         return cls.from_dict(data, base_dir=path.parent)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], base_dir: str | os.PathLike[str] | None = None) -> CustomModelConfig:
+    def from_dict(cls, data: Mapping[str, object], base_dir: str | os.PathLike[str] | None = None) -> CustomModelConfig:
         """Validate ``data``; every problem is an InvalidOption that names the key."""
         if not isinstance(data, Mapping):
             raise InvalidOption(f"a model config must be a JSON object, got {type(data).__name__}")
@@ -128,14 +128,14 @@ def merge_preprocessing(base: Preprocessing, overrides: tuple[tuple[str, Any], .
     return dataclasses.replace(base, **values)
 
 
-def _required_str(data: Mapping[str, Any], key: str) -> str:
+def _required_str(data: Mapping[str, object], key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value.strip():
         raise InvalidOption(f"model config key {key!r} must be a non-empty string, got {value!r}")
     return value.strip()
 
 
-def _labels(name: str, data: Mapping[str, Any], base: Path) -> list[str]:
+def _labels(name: str, data: Mapping[str, object], base: Path) -> list[str]:
     num_classes = data.get("num_classes")
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
         raise InvalidOption(f"model {name!r}: num_classes must be a positive integer, got {num_classes!r}")

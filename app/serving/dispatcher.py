@@ -3,10 +3,9 @@
 It runs no model code: it takes work from the request queue and calls the worker process for it.
 Each step serves one lane in turn (round robin): a prediction batch for a model, one forward batch
 shared by the started jobs of one group of a model (Score-CAM masks, Recipro-CAM head inputs,
-faithfulness forwards), or the start of one Grad-CAM request. Jobs advance a batch at a time, so a short explanation finishes while a long one is
-still running, and the deadline and cancellation of each request are checked between batches.
-A request whose client left or whose deadline passed gets no further batch and its job is
-dropped in the worker process.
+faithfulness forwards), or the start of one Grad-CAM request. Jobs advance a batch at a time, so a
+short explanation finishes while a long one still runs, and deadlines and cancellations are checked
+between batches: a request whose client left or whose deadline passed gets no further batch.
 
 If the worker process dies, the pending call raises ``WorkerGone``, this thread ends with it, and
 the supervisor fails the queue with 503 and starts a new worker.

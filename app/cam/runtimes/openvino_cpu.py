@@ -35,6 +35,10 @@ from app.cam.runtimes.base import STATIC_INT8_TOLERANCE, TOLERANCES, relative_er
 from app.cam.runtimes.cache import module_key, writable_dir
 from app.cam.runtimes.calibration import Calibration, CheckSet
 
+# OpenVINO ships no type information: its objects are named here for what they are.
+OVModel = Any  # openvino.Model: a converted (or quantised) network
+OVRequest = Any  # openvino.InferRequest of a compiled model
+OVConfig = dict[str, Any]  # compile properties (hints, threads, precision)
 log = logging.getLogger(__name__)
 HINTS: dict[str, str] = {"fp32": "f32", "bf16": "bf16"}
 # int8 layers run in int8 whatever the hint; the hint sets the rest (f32: no bf16 on top of int8)
@@ -72,7 +76,7 @@ def openvino_version() -> str | None:
     return str(openvino.__version__)
 
 
-def _convert(module: nn.Module, example: torch.Tensor) -> Any:
+def _convert(module: nn.Module, example: torch.Tensor) -> OVModel:
     """Trace ``module`` into an OpenVINO model with a dynamic batch dimension."""
     global _conversions
     import openvino as ov
@@ -85,7 +89,7 @@ def _convert(module: nn.Module, example: torch.Tensor) -> Any:
     return model
 
 
-def _quantize(model: Any, inputs: torch.Tensor) -> Any:
+def _quantize(model: OVModel, inputs: torch.Tensor) -> OVModel:
     """NNCF post-training quantisation of ``model`` calibrated on ``inputs`` (one sample each)."""
     global _quantisations
     import nncf
@@ -137,7 +141,7 @@ class OpenVINORuntime:
         source = self._load_or_convert(module, folder, use_cached_ir)
         self.convert_s = time.perf_counter() - started
         self._core = ov.Core()
-        self._sources: dict[str, Any] = {p: source for p in precisions}
+        self._sources: dict[str, OVModel] = {p: source for p in precisions}
         self.int8_from_cache = False
         self.int8_check: CheckSet | None = None  # held-out real inputs for int8's agreement check
         self.quantize_s = 0.0
@@ -146,8 +150,8 @@ class OpenVINORuntime:
                 self._sources["int8"] = self._load_or_quantize(module, source, int8, folder, use_cached_ir)
             except Exception as exc:  # noqa: BLE001 - fp32 still serves (int8 requests too)
                 log.warning("OpenVINO could not quantise the model to int8 (%s: %s): fp32 serves int8", type(exc).__name__, exc)
-        self._requests: dict[str, Any] = {}  # dynamic batch, one per precision
-        self._static: dict[tuple[str, int], Any] = {}  # (precision, batch size): static shape
+        self._requests: dict[str, OVRequest] = {}  # dynamic batch, one per precision
+        self._static: dict[tuple[str, int], OVRequest] = {}  # (precision, batch size): static shape
         for precision in self._sources:
             try:
                 compiled = self._core.compile_model(self._sources[precision], "CPU", self._config(precision))
@@ -166,8 +170,8 @@ class OpenVINORuntime:
         self.setup_s = time.perf_counter() - started
         self._lock = threading.Lock()  # an infer request serves one call at a time
 
-    def _config(self, precision: str) -> dict[str, Any]:
-        config: dict[str, Any] = {
+    def _config(self, precision: str) -> OVConfig:
+        config: OVConfig = {
             "INFERENCE_PRECISION_HINT": INT8_HINT if precision == "int8" else HINTS[precision],
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": "LATENCY",  # one stream: the engine runs one batch at a time
@@ -176,7 +180,7 @@ class OpenVINORuntime:
             config["CACHE_DIR"] = str(self.cache_dir / "compiled")
         return config
 
-    def _load_or_convert(self, module: nn.Module, folder: Path | None, use_cached_ir: bool) -> Any:
+    def _load_or_convert(self, module: nn.Module, folder: Path | None, use_cached_ir: bool) -> OVModel:
         """The cached IR's path when present, else a fresh conversion (saved when writable)."""
 
         if folder is None:
@@ -191,8 +195,8 @@ class OpenVINORuntime:
         return model
 
     def _load_or_quantize(
-        self, module: nn.Module, source: Any, calibration: Calibration, folder: Path | None, use_cached_ir: bool
-    ) -> Any:
+        self, module: nn.Module, source: OVModel, calibration: Calibration, folder: Path | None, use_cached_ir: bool
+    ) -> OVModel:
         """The cached int8 IR's path when present, else ``nncf.quantize`` of ``source`` (saved when writable).
 
         Its key: the module's key, how it is quantised, the calibration's digest and NNCF's version.
@@ -216,7 +220,7 @@ class OpenVINORuntime:
         return quantised
 
     @staticmethod
-    def _core_read(source: Any) -> Any:
+    def _core_read(source: OVModel) -> OVModel:
         import openvino as ov
 
         return ov.Core().read_model(source) if isinstance(source, str) else source.clone()
@@ -225,7 +229,7 @@ class OpenVINORuntime:
         return torch.randn(2, *self.input_shape, generator=torch.Generator().manual_seed(0))
 
     @staticmethod
-    def _save(model: Any, ir: Path) -> None:
+    def _save(model: OVModel, ir: Path) -> None:
         """Write the IR under a temporary name, then rename (.xml last: it marks a complete pair)."""
         import openvino as ov
 
