@@ -35,7 +35,12 @@ from app.serving.work import PredictOutput, ProgressCallback, WorkItem, deadline
 from app.serving.worker_client import WorkerClient
 
 log = logging.getLogger(__name__)
-PREDICT = Demand(PREDICT_LANE)  # the cheapest work: what an overloaded service refuses first
+PREDICT = Demand(PREDICT_LANE)
+# Settings the worker process takes under the same name (app/protocol/messages.py WorkerConfig)
+WORKER_SETTINGS = (
+    "device", "precision", "runtime", "cache_dir", "allow_download", "explain_batch_size",
+    "tune_batch_size", "warmup_max_channels", "log_level",
+)  # fmt: skip  # the cheapest work: what an overloaded service refuses first
 
 
 class ScoreCamService:
@@ -56,21 +61,15 @@ class ScoreCamService:
     # ---- lifecycle -----------------------------------------------------------------------
 
     def worker_config(self) -> WorkerConfig:
+        """The settings the worker process needs, as a typed value (the fields both name alike are copied)."""
         s = self.settings
+        alike = {name: getattr(s, name) for name in WORKER_SETTINGS}
         return WorkerConfig(
             models=tuple(self.catalog.names),
             default=self.catalog.default,
-            device=s.device,
-            precision=s.precision,
-            runtime=s.runtime,
-            cache_dir=s.cache_dir,
-            allow_download=s.allow_download,
-            explain_batch_size=s.explain_batch_size,
             batch_sizes=self.catalog.batch_sizes(),
-            tune_batch_size=s.tune_batch_size,
-            warmup_max_channels=s.warmup_max_channels,
             custom_models=tuple(s.custom_models),
-            log_level=s.log_level,
+            **alike,
         )
 
     def _make_dispatcher(
