@@ -124,11 +124,12 @@ def split_classes(classes: ClassSpec, n: int) -> list[Sequence[int] | None]:
     """One class list (or None for top-1) per image."""
     if classes is None:
         return [None] * n
-    if len(classes) > 0 and not isinstance(classes[0], int):
-        if len(classes) != n:
-            raise InvalidOption(f"got class lists for {len(classes)} images but {n} images")
-        return list(classes)  # type: ignore[arg-type]
-    return [classes] * n  # type: ignore[list-item]
+    lists = [c for c in classes if not isinstance(c, int)]
+    if not lists:  # one class list for every image
+        return [[c for c in classes if isinstance(c, int)]] * n
+    if len(lists) != len(classes) or len(lists) != n:
+        raise InvalidOption(f"got class lists for {len(lists)} images but {n} images")
+    return list(lists)
 
 
 def resolve_classes(cap: Capture, classes: Sequence[int] | None, top_k: int = 1) -> list[int]:
