@@ -79,10 +79,10 @@ class ScoreCamService:
         config = self.worker_config()
 
         def warmed(infos: list[ModelInfo]) -> None:
-            self._warmed(infos)
+            self._warmed(infos, dispatcher.pid)
             on_ready()
 
-        return Dispatcher(
+        dispatcher = Dispatcher(
             lambda: WorkerClient(self.source, config, name=f"scorecam-worker-{generation}"),
             self.catalog,
             self.queue,
@@ -93,16 +93,18 @@ class ScoreCamService:
             on_ready=warmed,
             generation=generation,
         )
+        return dispatcher
 
-    def _warmed(self, infos: list[ModelInfo]) -> None:
+    def _warmed(self, infos: list[ModelInfo], pid: int | None) -> None:
         """A (re)started worker's models are warm: describe them, seed their paces (dispatcher thread)."""
         self.catalog.update(infos)
         for info in infos:
             if info.forwards_per_s:
                 self.queue.expect_pace(info.name, info.precision, info.forwards_per_s)
             log.info(
-                "model %s ready on %s: runtime %s, precision %s, batch size %d, warm-up %.1f s",
+                "model %s ready in worker process %s on %s: runtime %s, precision %s, batch size %d, warm-up %.1f s",
                 info.name,
+                pid,
                 info.device,
                 info.runtime,
                 info.precision,

@@ -152,8 +152,8 @@ def check_precision(
         raise InvalidOption(f"unknown precision {requested!r}; valid values: {', '.join(PRECISIONS)}")
     if requested == "int8":
         if not method.int8:
-            int8_methods = ", ".join(m.name for m in METHODS.values() if m.int8)
-            raise InvalidOption(f"precision 'int8' applies to the masked forwards of {int8_methods} only, not {method.name}")
+            int8_methods = " and ".join(m.name for m in METHODS.values() if m.int8)
+            raise InvalidOption(f"precision 'int8' applies to {int8_methods}'s masked forwards only, not {method.name}")
         if default != "int8":
             raise InvalidOption(
                 "precision 'int8' is served only by a model quantised at start "
