@@ -119,7 +119,7 @@ class DeviceHost:
         """One forward batch shared by the jobs (in this order, fair shares); a failure of the
         shared batch re-runs each job's part alone, so only the job that fails fails."""
         model = self.store.get(model_name)
-        members = {i: self.jobs[i] for i in job_ids if i in self.jobs and self.jobs[i].running is not None}
+        members = {i: self.jobs[i] for i in job_ids if i in self.jobs}
         splits_before = self.oom_splits
         started = time.monotonic()
         running = {i: job for i, hosted in members.items() if (job := hosted.running) is not None}

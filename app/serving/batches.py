@@ -15,6 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
+# Batch kinds the dispatcher names itself; the worker names the rest (app.protocol MASKED_BATCH, a method's own)
+PREDICT_BATCH = "predict"  # plain images through the network
+WHOLE_BATCH = "grad"  # one whole explanation run at start (the gradient methods)
+UNMASKED_BATCHES = (PREDICT_BATCH, WHOLE_BATCH)  # their inputs are plain images, not masked ones
 
 
 @dataclass(frozen=True)

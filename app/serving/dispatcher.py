@@ -24,7 +24,7 @@ import numpy as np
 
 from app.protocol.errors import WorkerGone
 from app.protocol.messages import JobState, ModelInfo
-from app.serving.batches import BatchFeed
+from app.serving.batches import PREDICT_BATCH, WHOLE_BATCH, BatchFeed
 from app.serving.catalog import ModelCatalog
 from app.serving.prometheus import ServiceMetrics
 from app.serving.request_queue import RequestQueue
@@ -74,7 +74,6 @@ class Dispatcher:
         self.limits = limits
         self.on_exit = on_exit
         self.on_ready = on_ready
-        self.generation = generation
         self.prepared = False
         self.lost: str | None = None  # why the watchdog gave this worker up (dead or hung process)
         self.link: WorkerClient | None = None
@@ -201,7 +200,7 @@ class Dispatcher:
 
     def _settle_predictions(self, model: str, items: list[WorkItem], probabilities: np.ndarray, started: float) -> None:
         finished = time.monotonic()
-        self.batches.publish("predict", model, tuple(i.request_id for i in items), len(items), finished - started)
+        self.batches.publish(PREDICT_BATCH, model, tuple(i.request_id for i in items), len(items), finished - started)
         for index, item in enumerate(items):
             queued_since = item.started_at if item.started_at is not None else started
             self.queue.finish(item)  # first: when the answer arrives, the queue no longer counts it
@@ -251,7 +250,7 @@ class Dispatcher:
         if state.channels is not None:
             self.catalog.get(model).layer_channels[job.layer] = state.channels
         if item.kind == WHOLE_LANE:  # the whole explanation (Grad-CAM) ran in that call
-            self.batches.publish("grad", model, (item.request_id,), 1, time.monotonic() - item.started_at)
+            self.batches.publish(WHOLE_BATCH, model, (item.request_id,), 1, time.monotonic() - item.started_at)
         self._advance(item, state)
         if not state.finished:
             self.queue.activate(item)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from app.serving.batches import BatchRecord
+from app.serving.batches import UNMASKED_BATCHES, BatchRecord
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -13,7 +13,6 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 CANCELLED_HELP = "Requests stopped before their answer, by reason: client_gone or deadline (their work stops within a batch)."
 OOM_HELP = "Forward batches halved after the device ran out of memory, by model."
 DEVICE_MEMORY_HELP = "Memory in use on the device (the worker process's peak RSS on the CPU), as of its last batch."
-UNMASKED_BATCHES = ("predict", "grad")  # batch kinds whose inputs are plain images, not masked ones
 # The request line's method is the client's text: only these become a label value of their own,
 # anything else is "other", so invented methods cannot add series (label values are never
 # taken from a request verbatim: endpoints are route templates or "unmatched", statuses ours).

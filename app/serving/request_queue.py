@@ -108,10 +108,6 @@ class RequestQueue:
         with self.cond:
             self.throughput.expect(model, precision, forwards_per_s)
 
-    @property
-    def accepting(self) -> bool:
-        return self.lifecycle.admitting
-
     def wait_idle(self, timeout: float) -> bool:
         """Block until nothing is open (for draining); True when idle."""
         deadline = time.monotonic() + timeout

@@ -117,7 +117,6 @@ class Supervisor:
             if not self.dispatcher.prepared and generation == 0:
                 self.lifecycle.move(Phase.FAILED, error)
                 log.error("start-up failed, not retrying: %s", error)
-                self._settle_all(self.lifecycle.closed_reason() or "")
                 if self.on_startup_failed is not None:
                     self.on_startup_failed(error)
                 return

@@ -83,10 +83,6 @@ class WorkItem:
         return self.demand.model
 
     @property
-    def cost(self) -> int:
-        return self.demand.forwards
-
-    @property
     def group(self) -> Hashable:
         """Started jobs of one group may share a forward batch (same network part, same precision)."""
         return self.state.group if self.state is not None else None
