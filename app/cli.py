@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.allocator import tune_malloc
     from app.errors import ScoreCamError
 
-    if args.command in ("serve", "explain"):
+    if args.command == "explain":  # `serve`: the worker process tunes its own, the HTTP process limits arenas (server.py)
         tune_malloc()  # no page faults per masked batch (app/allocator.py); the library never does this
 
     try:

@@ -135,6 +135,25 @@ class ServiceUnavailable(RetryLater):
     code = "unavailable"
 
 
+class DeviceFailed(ServiceUnavailable):
+    """The device failed in a way that poisons the worker's CUDA context (a device-side assert, an
+    illegal address): the worker process exits and a new one replaces it, so a retry succeeds."""
+
+    code = "device_failed"
+
+
+class DeviceUnavailable(ModelLoadFailed):
+    """The configured device (SCORECAM_DEVICE) does not exist on this machine: no model can load there."""
+
+    code = "device_unavailable"
+
+
+class NonFiniteOutput(ScoreCamError):
+    """The model gave inf or NaN logits even in fp32, where a map or a metric would be read from them."""
+
+    code = "non_finite_output"
+
+
 class InternalError(ScoreCamError):
     """An unexpected failure while computing one request (a bug or a device error)."""
 

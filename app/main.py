@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -20,14 +21,16 @@ from app.api.openapi import install_schema_limits, mount_docs
 from app.api.routes import explain, health, metrics, models, predict, v2
 from app.api.routes.web import mount_demo_page
 from app.config import Settings
-from app.models.sources import ModelSource, default_model_source
 from app.serving.prometheus import ServiceMetrics
 from app.serving.service import ScoreCamService
 from app.serving.threads import install_default_executor
 from app.version import VERSION
 
+if TYPE_CHECKING:  # the HTTP process never imports the zoo (torch): the worker builds the default source
+    from app.models.sources import ModelSource
+
 log = logging.getLogger(__name__)
-__all__ = ["create_app", "default_model_source"]
+__all__ = ["create_app"]
 
 DESCRIPTION = """\
 Classify images with convolutional networks and explain each decision with Score-CAM heatmaps.

@@ -28,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app.allocator import limit_arenas
 from app.config import Settings
 from app.errors import ModelLoadFailed
 from app.main import create_app
@@ -164,6 +165,7 @@ def serve(settings: Settings | None = None, *, app: FastAPI | None = None) -> No
     """Serve ``app`` (default: ``create_app(settings)``) until SIGTERM/SIGINT; returns after a
     graceful shutdown. Raises ``ModelLoadFailed`` after shutting down when the models failed to
     load at start-up (the caller exits non-zero)."""
+    limit_arenas()  # before any thread: back to the idle footprint after a large request (app/allocator.py)
     settings = settings or Settings()
     configure_logging(settings.log_level)
     app = app or create_app(settings)

@@ -1,11 +1,14 @@
 """Score-CAM engine vs pytorch-grad-cam's ScoreCAM, measured side by side in one run.
 
-CPU (default): the embedded EfficientNet-Lite0 at `bn2` on photos of
-../shared/eval/imagenet-samples (224×224), pytorch-grad-cam ScoreCAM (batch_size 32) against
+CPU (default): the embedded EfficientNet-Lite0 at `bn2` on photos (224×224; from --samples, else
+../shared/eval/imagenet-samples, else scikit-image's chelsea, coffee, astronaut, rocket and horse:
+../shared does not travel to a lent GPU machine), pytorch-grad-cam ScoreCAM (batch_size 32; its rows
+are left out, and the table says so, where it is not installed) against
 this engine on each runtime (torch eager; OpenVINO where installed) × each precision the CPU
 computes natively (fp32; bf16 with AVX512-BF16/AMX), the batch size chosen as the service's
 warm-up chooses it (Score-CAM batches timed, app/cam/masked_batch_tuning.py). Each map is compared
-(Pearson) with the float64 one-channel-at-a-time reference of tests/cam/reference.py. Every row
+(Pearson) with the float64 one-channel-at-a-time reference of tests/cam/reference.py (on the
+bench's device: fp64 on a GPU takes seconds). Every row
 also gets the runtime's own plain forward throughput at the same batch size and precision (the
 ceiling), the engine's share of it, and the minor page faults of one explanation. The allocator
 is tuned as the CLI and server tune it (app/allocator.py) unless --no-malloc-tuning.
@@ -15,12 +18,18 @@ is tuned as the CLI and server tune it (app/allocator.py) unless --no-malloc-tun
     .venv/bin/python bench/cam_bench.py --device cuda --model resnet50 --images 4
 
 With --device cuda the model is ResNet-50 `layer4` (random weights are fine for timing), on torch
-in fp32 and bf16.
+in each precision the GPU computes natively (fp32, bf16 from sm80, fp16). Mask building and masked
+forwards are timed with CUDA events there (no host sync around each call, which would stall the
+pipeline the engine keeps full); the header names the GPU and the torch, torchvision and CUDA versions.
+bench/gpu_check.sh runs it on a lent GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.util
+import platform
 import resource
 import statistics
 import sys
@@ -29,6 +38,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +54,8 @@ from app.models import default_registry
 from tests.cam.reference import pearson, reference_score_cam
 
 SAMPLES = ROOT.parent / "shared" / "eval" / "imagenet-samples"
+SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "horse")
+PHOTO_SUFFIXES = {".jpeg", ".jpg", ".png", ".webp", ".bmp"}
 
 
 def sync(device: torch.device) -> None:
@@ -52,32 +64,69 @@ def sync(device: torch.device) -> None:
 
 
 class Profile:
-    """Wall time spent building masks and in masked forwards (synchronised on CUDA)."""
+    """Time spent building masks and in masked forwards.
+
+    On a CPU, wall time around each call. On CUDA, a pair of CUDA events around each call, read
+    once the explanation has finished: the device's time between them, with no host sync in between
+    (a sync around every call would drain the queue the engine keeps full: a pessimistic share).
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
+        self.pending: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
 
     def wrap(self, name: str, fn: Callable) -> Callable:
         def timed(*args: object, **kwargs: object) -> object:
-            sync(self.device)
+            if self.device.type == "cuda":
+                start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start_event.record()
+                out = fn(*args, **kwargs)
+                end_event.record()
+                self.pending.append((name, start_event, end_event))
+                return out
             start = time.perf_counter()
             out = fn(*args, **kwargs)
-            sync(self.device)
             self.seconds[name] += time.perf_counter() - start
             return out
 
         return timed
 
+    def collect(self) -> None:
+        """Add the events' times (after a sync: every event has been reached)."""
+        for name, start_event, end_event in self.pending:
+            self.seconds[name] += start_event.elapsed_time(end_event) / 1000.0
+        self.pending.clear()
 
-def load_images(n: int, preprocess: Callable, side: int) -> list[torch.Tensor]:
+
+def photo_sources(samples: Path | None) -> tuple[str, list[Path | np.ndarray]]:
+    """Where the photos come from and the photos (paths or arrays): --samples, ../shared, else scikit-image."""
+    for folder in [samples] if samples else [SAMPLES]:
+        files = sorted(f for f in folder.glob("*") if f.suffix.lower() in PHOTO_SUFFIXES) if folder.is_dir() else []
+        if files:
+            return str(folder), list(files)
+        if samples:
+            sys.exit(f"no photos (jpeg, png, webp, bmp) under --samples {samples}")
+    try:
+        from skimage import data
+    except ImportError:
+        sys.exit(f"no photos: {SAMPLES} is absent and scikit-image is not installed; pass --samples DIR")
+    return "scikit-image's " + ", ".join(SKIMAGE_PHOTOS), [getattr(data, name)() for name in SKIMAGE_PHOTOS]
+
+
+def load_images(n: int, preprocess: Callable, samples: Path | None = None) -> tuple[str, list[torch.Tensor]]:
+    """``n`` photos spread over the source, preprocessed as the model's evaluation view; and the source's name."""
     from PIL import Image
 
-    files = sorted(SAMPLES.glob("*.JPEG"))
-    if not files:
-        sys.exit(f"no photos under {SAMPLES}: the benchmark needs ../shared/eval/imagenet-samples")
-    step = max(1, len(files) // n)
-    return [preprocess(Image.open(f).convert("RGB"))[None] for f in files[::step][:n]]
+    source, photos = photo_sources(samples)
+    step = max(1, len(photos) // max(n, 1))
+    images = [Image.open(p) if isinstance(p, Path) else Image.fromarray(p) for p in photos[::step][:n]]
+    return source, [preprocess(image.convert("RGB"))[None] for image in images]
+
+
+def peer_installed() -> bool:
+    """pytorch-grad-cam (the package grad-cam) is optional: absent on a bare GPU machine."""
+    return importlib.util.find_spec("pytorch_grad_cam") is not None
 
 
 def run_peer(module: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, cls: int) -> tuple[float, torch.Tensor]:
@@ -86,8 +135,10 @@ def run_peer(module: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, c
 
     peer = PeerScoreCAM(model=module, target_layers=[layer])
     peer.batch_size = 32
+    sync(x.device)
     start = time.perf_counter()
     out = peer(input_tensor=x, targets=[ClassifierOutputTarget(cls)])
+    sync(x.device)  # its maps come back as numpy arrays: already synchronised, but say so
     seconds = time.perf_counter() - start
     peer.activations_and_grads.release()
     return seconds, torch.from_numpy(out[0])
@@ -123,6 +174,7 @@ def explain_profiled(cam: ScoreCAM, x: torch.Tensor, cls: int | None, prof: Prof
         results = cam(x, classes=None if cls is None else [cls])
         sync(prof.device)
         seconds, faults = time.perf_counter() - start, minor_faults() - faults
+        prof.collect()
     finally:
         score_cam_module.build_masked_inputs = original_build
         del model.forward_masked
@@ -131,7 +183,7 @@ def explain_profiled(cam: ScoreCAM, x: torch.Tensor, cls: int | None, prof: Prof
 
 
 def build_modes(
-    module: torch.nn.Module, device: torch.device, side: int, torch_compile: bool = False
+    module: torch.nn.Module, device: torch.device, side: int, torch_compile: bool = False, only: str | None = None
 ) -> tuple[dict[str, InferenceModel], str]:
     """One engine per runtime × native precision, and the label of the row the default (auto) picks.
 
@@ -139,9 +191,8 @@ def build_modes(
     a measurement only (compiling takes minutes on 2 cores), not a runtime the service offers.
     """
     runtimes = ["torch"] + (["openvino"] if device.type == "cpu" and openvino_version() else [])
+    runtimes = [r for r in runtimes if only is None or r == only]
     precisions = [p for p in ("fp32", "bf16", "fp16") if p in native_precisions(device)]
-    if device.type == "cuda":
-        precisions = [p for p in precisions if p != "fp16"] or ["fp32"]
     modes: dict[str, InferenceModel] = {}
     for runtime in runtimes:
         for precision in precisions:
@@ -162,8 +213,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3, help="photos to explain with the engine")
     parser.add_argument("--peer-images", type=int, default=None, help="photos for pytorch-grad-cam (default: --images)")
-    parser.add_argument("--reference-images", type=int, default=None, help="photos for the float64 reference (CPU only)")
+    parser.add_argument("--reference-images", type=int, default=None, help="photos for the float64 reference (default: --images)")
+    parser.add_argument(
+        "--samples", type=Path, default=None, help="a folder of photos (default: ../shared's, else scikit-image's)"
+    )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runtime", choices=("torch", "openvino"), default=None, help="this runtime's rows only")
+    parser.add_argument("--no-tuning", action="store_true", help="keep the default batch size (a plumbing check)")
     parser.add_argument("--model", default=None, help="efficientnet_lite0 (CPU default) or resnet50 (CUDA default)")
     parser.add_argument("--layer", default=None)
     parser.add_argument("--random-weights", action="store_true")
@@ -179,15 +235,19 @@ def main() -> None:
     loaded = default_registry().load(name, weights=None if (args.random_weights or name != "efficientnet_lite0") else "default")
     layer = args.layer or loaded.default_layer
     side = loaded.preprocessing.input_size
-    images = load_images(args.images, loaded.preprocessing.eval_tensor, side)
-    peer_n = args.images if args.peer_images is None else args.peer_images
-    ref_n = (args.images if device.type == "cpu" else 0) if args.reference_images is None else args.reference_images
+    source, images = load_images(args.images, loaded.preprocessing.eval_tensor, args.samples)
+    peer = peer_installed()
+    peer_n = (args.images if args.peer_images is None else args.peer_images) if peer else 0
+    ref_n = args.images if args.reference_images is None else args.reference_images
 
-    modes, default_mode = build_modes(loaded.module, device, side, args.torch_compile)
+    modes, default_mode = build_modes(loaded.module, device, side, args.torch_compile, args.runtime)
     for mode, model in modes.items():
-        _, choices = tune_masked_batch_size(ScoreCAM(model, layer))  # as the service's warm-up chooses
-        print(f"({mode}: masked batch sizes measured fastest {choices})", file=sys.stderr)
+        if not args.no_tuning:
+            _, choices = tune_masked_batch_size(ScoreCAM(model, layer))  # as the service's warm-up chooses
+            print(f"({mode}: masked batch sizes measured fastest {choices})", file=sys.stderr)
         ScoreCAM(model, layer, max_channels=8)(images[0].to(device))  # untimed: first-call costs, heap growth
+    if peer_n:  # the peer warmed up as ours is: its first call's costs (cuDNN plans, allocator growth) untimed
+        run_peer(loaded.module.to(device), loaded.module.get_submodule(layer), images[0].to(device), 0)
 
     rows: dict[str, dict[str, list[float]]] = {m: defaultdict(list) for m in [*modes, "pytorch-grad-cam"]}
     profiles = {m: Profile(device) for m in modes}
@@ -210,8 +270,7 @@ def main() -> None:
             rows["pytorch-grad-cam"]["forwards"].append(result.stats.channels)
             maps["pytorch-grad-cam"] = peer_map
         if i < ref_n:
-            ref = reference_score_cam(loaded.module.cpu(), layer, x.cpu(), cls)
-            loaded.module.to(device)
+            ref = reference_score_cam(loaded.module.to(device), layer, x, cls).cpu()  # float64 on the device
             for mode, m in maps.items():
                 rows[mode]["pearson"].append(pearson(m.cpu(), ref))
         print(
@@ -221,18 +280,35 @@ def main() -> None:
         )
 
     rates = {mode: plain_forward_rate(model, side, model.precision, args.plain_seconds) for mode, model in modes.items()}
-    header(name, layer, side, device, tuned, args.max_channels)
+    header(name, layer, side, device, tuned, args.max_channels, source)
     report(rows, profiles, modes, rates, default_mode)
+    if not peer:
+        print("(pytorch-grad-cam: not installed here (pip install grad-cam), its row and the speedups left out)")
 
 
-def header(name: str, layer: str, side: int, device: torch.device, tuned: bool, max_channels: int | None) -> None:
+def device_line(device: torch.device) -> str:
+    """The GPU's name and the versions that ran, or the CPU's model: a figure means nothing without them."""
+    import torchvision
+
+    versions = f"torch {torch.__version__}, torchvision {torchvision.__version__}, CUDA {torch.version.cuda or 'none'}"
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"GPU {props.name} (sm{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB); {versions}"
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+    return f"CPU {names[0] if names else platform.machine()}; {versions}"
+
+
+def header(name: str, layer: str, side: int, device: torch.device, tuned: bool, max_channels: int | None, source: str) -> None:
     flags = " ".join(f"{f}={'yes' if f in cpu_flags() else 'no'}" for f in DECIDING_CPU_FLAGS)
     print(
-        f"\nScore-CAM on {name} layer {layer}, {side}x{side}, device {device}"
+        f"\nScore-CAM on {name} layer {layer}, {side}x{side}, device {device}, photos: {source}, "
+        f"{datetime.datetime.now().isoformat(timespec='seconds')}"
         + (f", at most {max_channels} channels (a check, not a measurement)" if max_channels else "")
     )
+    print(device_line(device))
     print(
-        f"CPU flags: {flags}; torch {torch.__version__}, openvino {(openvino_version() or 'not installed').split('-')[0]}, "
+        f"CPU flags: {flags}; openvino {(openvino_version() or 'not installed').split('-')[0]}, "
         f"{torch.get_num_threads()} threads, malloc {'tuned (app/allocator.py)' if tuned else 'glibc defaults'}"
     )
 

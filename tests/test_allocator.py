@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,12 +45,38 @@ def test_glibc_tunables_win(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not allocator.tune_malloc()
 
 
-def test_serve_and_explain_tune_the_allocator_and_take_a_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_leaves_the_allocator_to_the_worker_and_explain_tunes_it(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bool] = []
     served: list[Any] = []
     monkeypatch.setattr(allocator, "tune_malloc", lambda: calls.append(True) or True)
     monkeypatch.setattr("app.server.serve", served.append)
     monkeypatch.delenv("SCORECAM_RUNTIME", raising=False)
     assert main(["serve", "--runtime", "openvino"]) == 0
-    assert calls and served[0].runtime == "openvino"
-    assert main(["models", "resnet18"]) == 0 and len(calls) == 1  # listing models changes nothing
+    assert not calls and served[0].runtime == "openvino"  # the HTTP process keeps glibc's trimming (server.py)
+    assert main(["models", "resnet18"]) == 0 and not calls  # listing models changes nothing
+    monkeypatch.setattr("app.cli.run_explain", lambda args: 0)
+    assert main(["explain", "nothing.png"]) == 0 and calls == [True]
+
+
+@glibc_only
+def test_arenas_are_limited_for_this_process_and_its_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setenv(allocator.ARENA_MAX_ENV, "0")  # recorded, so the value limit_arenas sets is undone after the test
+    monkeypatch.delenv(allocator.ARENA_MAX_ENV)
+    assert allocator.limit_arenas()
+    assert os.environ[allocator.ARENA_MAX_ENV] == str(allocator.ARENA_MAX)  # the fork server and worker read it
+    monkeypatch.setenv(allocator.ARENA_MAX_ENV, "4")
+    assert not allocator.limit_arenas()  # the user's choice stands
+    assert os.environ[allocator.ARENA_MAX_ENV] == "4"
+
+
+@glibc_only
+def test_releasing_free_memory_returns_freed_heap_pages() -> None:
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+    chunks = [bytearray(64 << 10) for _ in range(2048)]  # 128 MiB in heap-sized pieces (under the mmap threshold)
+    del chunks[:-1]  # all but the last: the heap's top stays in use, so glibc cannot trim it by itself
+    before = rss()
+    assert allocator.release_free_memory()
+    assert before - rss() > 64 << 20

@@ -40,6 +40,7 @@ STATUS_BY_ERROR: dict[type[domain.ScoreCamError], int] = {
     domain.DeadlineExceeded: 504,
     domain.Cancelled: 499,  # client closed request (nginx's convention); nobody reads it
     domain.ServiceUnavailable: 503,
+    domain.NonFiniteOutput: 500,  # the model's own numerics, not the request
     domain.InternalError: 500,
 }
 HTTP_CODES: dict[int, str] = {

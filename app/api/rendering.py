@@ -7,10 +7,14 @@ import asyncio
 from dataclasses import dataclass
 
 from PIL import Image
+from starlette.background import BackgroundTask
 
-from app.cam import Faithfulness
+from app.allocator import release_free_memory
+from app.explanations import Faithfulness
 from app.imaging.render import RawMap, heatmap_png, overlay_png, raw_map, resize_map
 from app.serving.outcomes import ExplainOutcome
+
+RELEASE_AFTER_PIXELS = 4_000_000  # images from 4 megapixels on: their outputs cost hundreds of MB
 
 
 @dataclass(frozen=True)
@@ -48,3 +52,13 @@ def render_explanations(outcome: ExplainOutcome, image: Image.Image, outputs: fr
 async def rendered(outcome: ExplainOutcome, image: Image.Image, outputs: frozenset[str]) -> list[Explanation]:
     """``render_explanations`` in the thread pool (PNG encoding takes milliseconds per map)."""
     return await asyncio.to_thread(render_explanations, outcome, image, outputs)
+
+
+def release_after(image: Image.Image) -> BackgroundTask | None:
+    """After the answer to a large image is sent: glibc's free pages back to the kernel.
+
+    Rendering a 40-megapixel image allocates about 1 GB in pieces; what glibc keeps of it once
+    freed stays in this process's footprint until it is trimmed (app/allocator.py)."""
+    if image.width * image.height < RELEASE_AFTER_PIXELS:
+        return None
+    return BackgroundTask(release_free_memory)  # a sync function: Starlette runs it in the thread pool

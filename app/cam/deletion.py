@@ -17,49 +17,14 @@ AUC. A pixel is all of its channels; the baseline is given in the model's normal
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from app.errors import InvalidOption
+from app.explanations import PixelSchedule, pixel_schedule
 
-
-@dataclass(frozen=True)
-class PixelSchedule:
-    """How many pixels each step of a curve covers, for an image of ``height`` × ``width``."""
-
-    height: int
-    width: int
-    per_step: int
-
-    @property
-    def pixels(self) -> int:
-        return self.height * self.width
-
-    @property
-    def steps(self) -> int:
-        """n: the curves have n + 1 points, from 0 to all pixels."""
-        return math.ceil(self.pixels / self.per_step)
-
-    def counts(self) -> list[int]:
-        """c_0 = 0, c_1, ..., c_n = HW: pixels deleted (or inserted) at each point."""
-        return [min(i * self.per_step, self.pixels) for i in range(self.steps + 1)]
-
-    def fractions(self) -> list[float]:
-        """c_i / HW, the x axis of both curves."""
-        return [c / self.pixels for c in self.counts()]
-
-
-def pixel_schedule(height: int, width: int, step: float) -> PixelSchedule:
-    """The schedule for ``step`` (a fraction of the pixels per step, 0 < step ≤ 1)."""
-    if not isinstance(step, (int, float)) or not 0.0 < step <= 1.0 or math.isnan(step):
-        raise InvalidOption(f"step must be a fraction of the pixels in (0, 1], e.g. 0.01; got {step!r}")
-    if height < 1 or width < 1:
-        raise InvalidOption(f"image size must be positive, got {height}x{width}")
-    per_step = max(1, round(step * height * width))
-    return PixelSchedule(height, width, per_step)
+__all__ = ["PixelSchedule", "area_under_curve", "mixed_inputs", "pixel_ranks", "pixel_schedule"]
 
 
 def pixel_ranks(cam_map: torch.Tensor) -> torch.Tensor:

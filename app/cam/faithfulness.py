@@ -29,82 +29,48 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from app.cam.deletion import (
+from app.cam.batch_caps import METRIC_FORWARDS
+from app.cam.deletion import area_under_curve, mixed_inputs, pixel_ranks
+from app.cam.inference import InferenceModel
+from app.cam.overflow import RowJob
+from app.cam.precision import resolve_precision
+from app.cam.scheduler import run_jobs
+from app.errors import InvalidOption
+from app.explanations import (  # torch-free, so the HTTP process can price and receive them
+    DEFAULT_STEP,
+    Curves,
+    Faithfulness,
     PixelSchedule,
-    area_under_curve,
-    mixed_inputs,
-    pixel_ranks,
+    faithfulness_forward_passes,
     pixel_schedule,
 )
-from app.cam.inference import InferenceModel
-from app.cam.precision import resolve_precision
-from app.cam.scheduler import BatchJob, RowChunk, run_jobs
-from app.errors import InvalidOption
 
-DEFAULT_STEP = 0.01
+__all__ = [
+    "DEFAULT_STEP",
+    "Faithfulness",
+    "FaithfulnessJob",
+    "FaithfulnessSummary",
+    "faithfulness",
+    "faithfulness_forward_passes",
+    "summarise",
+]
+
 MAP_TOLERANCE = 1e-4  # maps are min-max normalised in fp32; allow for rounding at the ends
 
 
-@dataclass(frozen=True, kw_only=True)
-class Curves:
-    """Deletion and insertion: class probabilities at ``fractions`` (the share of pixels deleted
-    or inserted) and the areas under them; one image's, or a data set's means (keyword-only, so a
-    record that adds fields keeps its own positional order)."""
-
-    deletion_auc: float
-    insertion_auc: float
-    fractions: tuple[float, ...]
-    deletion_curve: tuple[float, ...]
-    insertion_curve: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class Faithfulness(Curves):
-    """The faithfulness of one explanation (one image, one class).
-
-    ``average_drop`` is this image's max(0, Y − O) / Y · 100 and ``increase`` whether O > Y;
-    over a data set, Average Drop is the mean of ``average_drop`` and Increase in Confidence the
-    percentage of ``increase`` (``summarise``). Curves are class probabilities at ``fractions``
-    (the share of pixels deleted or inserted).
-    """
-
-    class_index: int
-    score: float
-    masked_score: float
-    average_drop: float
-    increase: bool
-    precision: str = "fp32"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The API's ``metrics`` object: the four numbers and the curves, JSON-ready."""
-        return {
-            "average_drop": self.average_drop,
-            "increase": self.increase,
-            "deletion_auc": self.deletion_auc,
-            "insertion_auc": self.insertion_auc,
-            "fractions": list(self.fractions),
-            "deletion_curve": list(self.deletion_curve),
-            "insertion_curve": list(self.insertion_curve),
-            "precision": self.precision,
-        }
-
-
-def faithfulness_forward_passes(height: int, width: int, step: float = DEFAULT_STEP) -> int:
-    """Forward passes one ``faithfulness`` call costs at an input of ``height`` × ``width``: 2n + 1."""
-    return 2 * pixel_schedule(height, width, step).steps + 1
-
-
-class FaithfulnessJob(BatchJob[RowChunk]):
+class FaithfulnessJob(RowJob):
     """One explanation's metric forwards, consumable a chunk at a time by any scheduler.
 
     Row order of the forwards: 0 x, 1 x ∘ L, 2 the baseline, then the n − 1 inner deletion
     points, then the n − 1 inner insertion points. Inputs are built on the device a chunk at a
-    time; the probabilities stay there until ``result``.
+    time; the probabilities stay there until ``result`` (which first redoes in fp32 the forwards
+    that overflowed: ``RowJob``).
     """
+
+    forward_kind = METRIC_FORWARDS
 
     def __init__(
         self,
@@ -144,26 +110,24 @@ class FaithfulnessJob(BatchJob[RowChunk]):
         super().__init__(model, resolve_precision(precision or model.precision, model.device), len(rows))
         self.probabilities = torch.zeros(self.total, device=device)
 
-    def next_chunk(self, n: int) -> RowChunk:
-        """Build the inputs of the next (at most) ``n`` forwards, on the device."""
-        start, stop = self.claim(n)
+    def inputs(self, start: int, stop: int) -> torch.Tensor:
+        """The inputs of forwards [start, stop), built on the device."""
         inputs = mixed_inputs(self.x, self.baseline, self.ranks, self._counts[start:stop], self._insert[start:stop])
         if start <= 1 < stop:
             inputs[1 - start] = self.x[0] * self.map
-        return RowChunk(self, start, stop, inputs)
+        return inputs
 
-    def record(self, chunk: RowChunk, logits: torch.Tensor) -> None:
-        """Keep the chunk's class probabilities (on the device; no host sync)."""
+    def keep(self, start: int, stop: int, logits: torch.Tensor) -> None:
+        """Keep the rows' class probabilities (on the device; no host sync)."""
         if self.class_index >= logits.shape[1]:
             raise InvalidOption(f"class index {self.class_index} out of range; valid indices are 0..{logits.shape[1] - 1}")
-        probs = torch.softmax(logits.float(), dim=1)[:, self.class_index]
-        self.probabilities[chunk.start : chunk.stop] = probs
-        self.done += len(chunk)
+        self.probabilities[start:stop] = torch.softmax(logits.float(), dim=1)[:, self.class_index]
 
     def result(self) -> Faithfulness:
-        """The metrics, once every chunk is recorded."""
+        """The metrics, once every chunk is recorded (and every non-finite one recomputed in fp32)."""
         if not self.finished:
             raise RuntimeError(f"job not finished: {self.done} of {self.total} forwards recorded")
+        self.recompute_nonfinite()
         p = self.probabilities.double().cpu().tolist()
         y, o, base = p[0], p[1], p[2]
         inner = self.schedule.steps - 1

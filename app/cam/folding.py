@@ -5,7 +5,9 @@ removes one full read and write of every activation map per BN layer (measured o
 EfficientNet-Lite0, 2 CPU cores, fp32: 17 → 12 ms per image). The fold is found at run time:
 a Conv2d whose output tensor is exactly the input of a BatchNorm2d in one traced forward.
 The folded copy is then checked against the original on a random input and discarded if the
-outputs differ, so a model whose wiring the trace misread can never be made wrong.
+outputs differ, so a model whose wiring the trace misread can never be made wrong. The check runs
+with TF32 off (``exact_fp32``): on an Ampere GPU cuDNN's TF32 convolutions alone move the outputs
+by about its tolerance, and a correct fold would be thrown away.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import logging
 
 import torch
 from torch import nn
+
+from app.cam.cuda import exact_fp32
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +116,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, rtol: float = 1e-3) 
     for conv_name, norm_name in pairs:
         _fuse(modules[conv_name], modules[norm_name])
         _set_submodule(folded, norm_name, PostNormActivation(modules[norm_name]))
-    with torch.inference_mode():
+    with torch.inference_mode(), exact_fp32():
         want = model(example).float()
         got = folded(example).float()
     scale = want.abs().max().clamp_min(1e-6)

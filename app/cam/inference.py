@@ -2,14 +2,18 @@
 
 Two views of one network: the original module (for hooks and gradients, fp32, so captured
 activations are exact) and a folded, channels_last copy for the hundreds of masked forwards
-Score-CAM needs, run in the chosen precision, in batches that halve on out-of-memory. The masked
+Score-CAM needs, run in the chosen precision, in batches that halve on out-of-memory (a cap per
+precision and kind of forward, regrown after clean batches: ``batch_caps.py``). The masked
 forwards go through a runtime (app/cam/runtimes): torch eager on that copy, or OpenVINO on a
 conversion of it where it is installed, converts and agrees with torch.
 
 int8 is explicit only (``precision="int8"``): OpenVINO quantises its conversion on ``calibration``
 (Score-CAM masked inputs of real photos) and serves it once it agrees with torch on held-out real
 inputs; where it cannot, fp32 serves int8 requests (a warning says why). The torch runtime
-refuses int8.
+refuses int8, and so does a model on any device but the CPU (OpenVINO computes on the CPU only).
+
+A CUDA device is made the current one and gets cuDNN autotuning (``app/cam/cuda.py``) before
+anything is put on it.
 """
 
 from __future__ import annotations
@@ -17,20 +21,23 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from app.cam.batch_caps import MASKED_FORWARDS, PREDICTIONS, BatchCaps, CapKey
 from app.cam.batch_size import default_batch_size, measure_best_batch_size
+from app.cam.cuda import prepare_cuda
 from app.cam.folding import fold_batchnorm as folded_copy
 from app.cam.layers import layer_names
-from app.cam.precision import resolve_precision
+from app.cam.precision import native_precisions, resolve_precision
 from app.cam.runtimes import Runtime, TorchRuntime, check_runtime_name, choose_runtime, default_cache_dir
 from app.cam.runtimes.calibration import Calibration
 from app.cam.runtimes.choice import INT8_ON_TORCH
+from app.cam.runtimes.shapes import ANY_SIZE, BatchShapes, pad_rows, padded_rows
 from app.cam.runtimes.threads import torch_threads
 from app.errors import InvalidOption
 
@@ -78,11 +85,16 @@ class InferenceModel:
         check_runtime_name(runtime)
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise InvalidOption(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
-        self.device = torch.device(device)
+        self.device = prepare_cuda(device)  # cuda:N current, cudnn.benchmark; other devices as given
         self.precision = resolve_precision(precision, self.device)
         self.int8_requested = self.precision == "int8"
         if self.int8_requested and runtime == "torch":
             raise InvalidOption(INT8_ON_TORCH)
+        if self.int8_requested and self.device.type != "cpu":
+            raise InvalidOption(
+                f"precision 'int8' runs on the OpenVINO runtime, on the CPU only; on {self.device} use auto, fp32, bf16 "
+                f"or fp16 (native here: {', '.join(native_precisions(self.device))})"
+            )
         self.module = module.eval().to(self.device)
         for p in self.module.parameters():
             p.requires_grad_(False)
@@ -105,7 +117,9 @@ class InferenceModel:
         self.batch_size: int = default_batch_size(self.device) if batch_size == "auto" else int(batch_size)
         self.runtime.prepare(self.batch_size)
         self.oom_splits = 0
-        self.on_oom: Callable[[int], None] | None = None
+        self.on_oom: Callable[[int], None] | None = None  # the new cap, after each out-of-memory halving
+        self.caps = BatchCaps()  # halved caps by (precision, kind of forward); ``batch_size`` stays the tuned size
+        self._whole = False  # ``whole_batches``: forwards of exactly ``batch_size``, out-of-memory raised
         self._lock = threading.Lock()
 
     def layer_names(self) -> list[str]:
@@ -139,6 +153,22 @@ class InferenceModel:
         self.runtime.prepare(size)
         self.batch_size = size
 
+    def batch_limit(self, precision: str, kind: str = MASKED_FORWARDS) -> int:
+        """Inputs per forward of ``kind`` in ``precision``: the tuned ``batch_size``, or its cap
+        after running out of memory (``batch_caps.py``)."""
+        return self.caps.limit((precision, kind), self.batch_size)
+
+    @contextmanager
+    def whole_batches(self) -> Iterator[None]:
+        """Forwards of exactly ``batch_size`` inputs, caps ignored and out-of-memory raised, not
+        halved: what batch-size tuning needs to see whether a candidate fits (not thread-safe:
+        start-up only)."""
+        self._whole = True
+        try:
+            yield
+        finally:
+            self._whole = False
+
     def _probe(self) -> torch.Tensor:
         return torch.empty(0, 3, self.input_size, self.input_size, device=self.device)
 
@@ -171,16 +201,22 @@ class InferenceModel:
         return torch_threads(self.serving(precision).torch_threads)
 
     def _forward(self, batch: torch.Tensor, precision: str) -> torch.Tensor:
+        runtime, computed = self._serve(batch, precision)
+        return runtime.forward(batch, computed)
+
+    def _serve(self, batch: torch.Tensor, precision: str) -> tuple[Runtime, str]:
+        """The runtime that runs ``batch`` in ``precision``, and the precision it computes (its
+        choice depends on the inputs' shape and device, never on their count)."""
         if precision == "int8" and not self.runtime.accepts(batch, "int8"):
             precision = "fp32"  # int8 fell back at start, or another input size: fp32 serves it
-        runtime = self.runtime if self.runtime.accepts(batch, precision) else self.torch_runtime
-        return runtime.forward(batch, precision)
+        return (self.runtime if self.runtime.accepts(batch, precision) else self.torch_runtime), precision
 
-    def forward_masked(self, batch: torch.Tensor, precision: str | None = None) -> torch.Tensor:
-        """fp32 logits of ``batch`` (already on the device), in slices of at most ``batch_size``.
+    def forward_masked(self, batch: torch.Tensor, precision: str | None = None, kind: str = MASKED_FORWARDS) -> torch.Tensor:
+        """fp32 logits of ``batch`` (already on the device), in slices of at most ``batch_limit``.
 
-        On out-of-memory the slice is halved and retried; the smaller size is kept for later
-        calls. Per-sample results do not depend on how the batch was cut.
+        On out-of-memory the slice is halved and retried; the smaller cap is kept for later
+        forwards of the same precision and ``kind`` (``forward_in_slices``). Per-sample results do
+        not depend on how the batch was cut.
         """
         precision = resolve_precision(precision or self.precision, self.device)
         if precision == "int8" and not self.int8_requested:
@@ -189,37 +225,69 @@ class InferenceModel:
                 f"(runtime 'openvino' or 'auto'); valid here: {', '.join(self.precisions)}"
             )
         resolved = precision
-        return self.forward_in_slices(lambda part: self._forward(part, resolved), batch)
+        shapes = self._serve(batch, resolved)[0].batch_shapes
+        return self.forward_in_slices(lambda part: self._forward(part, resolved), batch, resolved, kind, shapes)
 
-    def forward_in_slices(self, run: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
-        """``run`` over ``batch`` in slices of at most ``batch_size``; on out-of-memory the slice
-        is halved and retried (down to one input, which re-raises), and the smaller size is kept
-        for every later call of this model (``oom_splits`` counts it, ``on_oom`` reports it)."""
+    def forward_in_slices(
+        self,
+        run: Callable[[torch.Tensor], torch.Tensor],
+        batch: torch.Tensor,
+        precision: str,
+        kind: str,
+        shapes: BatchShapes = ANY_SIZE,
+    ) -> torch.Tensor:
+        """``run`` over ``batch`` in slices of at most ``batch_limit(precision, kind)``.
+
+        A tail slice is padded with zero rows where the runtime's ``shapes`` ask for it (outputs
+        dropped). On out-of-memory the slice is halved and retried (down to one input, which
+        re-raises) and the cap of (precision, kind) is kept for later calls (``oom_splits`` counts
+        it, ``on_oom`` reports it); a call that ran clean at a halved cap counts towards its
+        regrowth. The retry runs after the ``except`` block: the failed forward's tensors are freed
+        before the smaller one allocates.
+        """
+        key = (precision, kind)
         outputs: list[torch.Tensor] = []
         start, n = 0, batch.shape[0]
+        largest, halved = 0, False
         while start < n:
-            size = min(self.batch_size, n - start)
+            limit = self.batch_size if self._whole else self.caps.limit(key, self.batch_size)
+            size = min(limit, n - start)
+            rows = padded_rows(size, limit, shapes)
+            failed = False
             try:
-                outputs.append(run(batch[start : start + size]))
-                start += size
+                out = run(pad_rows(batch[start : start + size], rows))
             except torch.OutOfMemoryError:
-                if size == 1:
+                if rows == 1 or self._whole:
                     raise
-                self._halve(size)
+                failed = True
+            if failed:
+                self._halve(key, rows)
+                halved = True
+                continue
+            outputs.append(out[:size] if rows > size else out)
+            start += size
+            largest = max(largest, rows)
+        if not halved and largest and not self._whole:
+            self._clean(key, largest)
         if not outputs:
             return torch.empty(0, 0, device=self.device)
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
-    def _halve(self, failed_size: int) -> None:
+    def _halve(self, key: CapKey, failed_rows: int) -> None:
+        cap = self.caps.halve(key, failed_rows)
         with self._lock:
-            self.batch_size = max(1, min(self.batch_size, failed_size // 2))
             self.oom_splits += 1
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        log.warning("out of memory at batch %d; retrying at %d", failed_size, self.batch_size)
+        log.warning("out of memory at %d %s %s inputs; retrying at %d", failed_rows, key[0], key[1], cap)
         if self.on_oom is not None:
-            self.on_oom(self.batch_size)
+            self.on_oom(cap)
+
+    def _clean(self, key: CapKey, largest: int) -> None:
+        grown = self.caps.clean(key, largest, self.batch_size)
+        if grown is not None:
+            log.info("%s %s forwards ran clean at their halved cap: trying %d inputs again", key[0], key[1], grown)
 
     def predict_logits(self, x: torch.Tensor, precision: str | None = None) -> torch.Tensor:
         """fp32 logits for a batch of preprocessed images (moved to the device here)."""
-        return self.forward_masked(x.to(self.device), precision or "fp32")
+        return self.forward_masked(x.to(self.device), precision or "fp32", PREDICTIONS)

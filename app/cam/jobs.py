@@ -17,8 +17,8 @@ import torch
 
 from app.cam.capture import Capture
 from app.cam.inference import InferenceModel
+from app.cam.overflow import RowJob
 from app.cam.results import CamResult, CamStats, PartialMap
-from app.cam.scheduler import BatchJob, RowChunk
 
 
 @runtime_checkable
@@ -53,9 +53,10 @@ class CamJob(Protocol):
         """The maps so far at the layer's resolution; empty for a method without them."""
 
 
-class BaseCamJob(BatchJob[RowChunk]):
-    """The engine's base for a ``CamJob`` over one captured image: a ``BatchJob``, so any
-    scheduler can batch it, that owns the capture, the explained classes and the results guard."""
+class BaseCamJob(RowJob):
+    """The engine's base for a ``CamJob`` over one captured image: a ``BatchJob`` of rows, so any
+    scheduler can batch it, that owns the capture, the explained classes and the results guard
+    (forwards that overflowed in a low precision are redone in fp32 first: ``RowJob``)."""
 
     unit = "forwards"  # what ``total`` counts, for the not-finished message
 
@@ -79,9 +80,11 @@ class BaseCamJob(BatchJob[RowChunk]):
         return []
 
     def results(self) -> list[CamResult]:
-        """The normalised map for each class; only once every forward is recorded."""
+        """The normalised map for each class; only once every forward is recorded (and every
+        non-finite one recomputed in fp32)."""
         if not self.finished:
             raise RuntimeError(f"job not finished: {self.done} of {self.total} {self.unit} recorded")
+        self.recompute_nonfinite()
         return self.build_results()
 
     @abstractmethod
@@ -115,8 +118,8 @@ class FinishedJob(BaseCamJob):
     def build_results(self) -> list[CamResult]:
         return self._results
 
-    def next_chunk(self, n: int) -> RowChunk:
+    def inputs(self, start: int, stop: int) -> torch.Tensor:
         raise RuntimeError("a finished job has no forwards to batch")
 
-    def record(self, chunk: RowChunk, logits: torch.Tensor) -> None:
+    def keep(self, start: int, stop: int, logits: torch.Tensor) -> None:
         raise RuntimeError("a finished job has no forwards to batch")

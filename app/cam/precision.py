@@ -1,8 +1,11 @@
 """Numeric precision of the masked forward passes.
 
-`auto` picks bf16 where the hardware computes it natively (CUDA, or a CPU with AVX512-BF16 or
-AMX) and fp32 elsewhere: on a CPU without native bf16 the emulated kernels are several times
-*slower* than fp32 (measured on an AVX2-only EPYC: ~300 ms vs ~15 ms per 224² image).
+`auto` picks bf16 where the hardware computes it natively (a CUDA device of compute capability
+8.0 or more, or a CPU with AVX512-BF16 or AMX), fp16 on an older CUDA device, and fp32 elsewhere:
+on a CPU without native bf16 the emulated kernels are several times *slower* than fp32 (measured
+on an AVX2-only EPYC: ~300 ms vs ~15 ms per 224² image). On CUDA, native is decided by the named
+device's compute capability, not by ``torch.cuda.is_bf16_supported()``: that counts emulation (a
+T4, sm75, says yes although cuDNN has no bf16 convolutions there) and asks the current device.
 
 ``SCORECAM_ASSUME_NATIVE_BF16=1`` makes a CPU without native bf16 behave as one that has it
 (``auto`` resolves to bf16, bf16 counts as native), so an AVX2-only machine can run what a bf16
@@ -30,6 +33,7 @@ EXPLICIT_ONLY: tuple[str, ...] = tuple(p for p in CONCRETE_PRECISIONS if p not i
 DTYPES: dict[str, torch.dtype] = dict(zip(TORCH_PRECISIONS, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 ASSUME_NATIVE_BF16_ENV = "SCORECAM_ASSUME_NATIVE_BF16"
 DECIDING_CPU_FLAGS: tuple[str, ...] = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+CUDA_NATIVE_BF16 = (8, 0)  # Ampere and later: bf16 tensor cores and cuDNN bf16 convolutions
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,11 +69,16 @@ def cpu_has_native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+def cuda_has_native_bf16(device: torch.device | str) -> bool:
+    """True when the CUDA device ``device`` (``cuda`` is the current one) has compute capability >= 8.0."""
+    return tuple(torch.cuda.get_device_capability(torch.device(device))) >= CUDA_NATIVE_BF16
+
+
 def native_precisions(device: torch.device | str) -> tuple[str, ...]:
     """The precisions ``device`` computes natively; the others are emulated (many times slower)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return ("fp32", "bf16", "fp16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
+        return ("fp32", "bf16", "fp16") if cuda_has_native_bf16(device) else ("fp32", "fp16")
     if device.type == "mps":
         return ("fp32", "fp16")
     return ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",)
@@ -83,7 +92,7 @@ def resolve_precision(name: str, device: torch.device | str) -> str:
         return name
     device = torch.device(device)
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_native_bf16(device) else "fp16"
     if device.type == "cpu" and cpu_has_native_bf16():
         return "bf16"
     return "fp32"

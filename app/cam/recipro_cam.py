@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 
 from app.cam.base import BaseCAM, CamOptions, Head, check_positive, forward_precision
+from app.cam.batch_caps import HEAD_FORWARDS
 from app.cam.capture import Capture
 from app.cam.inference import InferenceModel
 from app.cam.jobs import BaseCamJob
 from app.cam.precision import autocast
 from app.cam.results import CamResult, CamStats, normalize_map
-from app.cam.scheduler import RowChunk
 from app.errors import InvalidOption
 
 KERNELS: tuple[str, ...] = ("gaussian", "one-hot")
@@ -56,15 +56,17 @@ def location_masks(h: int, w: int, start: int, stop: int, kernel: str, device: t
     return masks[:, 0]
 
 
-def head_forward(model: InferenceModel, head: Head, batch: torch.Tensor) -> torch.Tensor:
-    """``head`` over ``batch`` in slices of at most ``model.batch_size``, halving on out-of-memory.
+def head_forward(model: InferenceModel, head: Head, batch: torch.Tensor, precision: str) -> torch.Tensor:
+    """``head`` over ``batch`` in slices of at most ``model.batch_limit(precision, "heads")``,
+    halving on out-of-memory.
 
     The same policy as ``InferenceModel.forward_masked`` (through ``forward_in_slices``, so the
-    smaller size is kept for every later batch of the model, ``oom_splits`` counts it and
+    smaller cap is kept for later head batches in ``precision``, ``oom_splits`` counts it and
     ``on_oom`` reports it): a head batch that does not fit is retried in halves down to one
-    feature map, which is re-raised. Per-location scores do not depend on how the batch was cut.
+    feature map, which is re-raised. The head runs eagerly on the model's device, so a tail is
+    padded as the torch runtime's are. Per-location scores do not depend on how the batch was cut.
     """
-    return model.forward_in_slices(head, batch)
+    return model.forward_in_slices(head, batch, precision, HEAD_FORWARDS, model.torch_runtime.batch_shapes)
 
 
 class ReciproJob(BaseCamJob):
@@ -85,32 +87,32 @@ class ReciproJob(BaseCamJob):
 
     @property
     def stats(self) -> CamStats:
-        return CamStats(channels=int(self.capture.activations.shape[0]), forwarded=self.total)
+        channels = int(self.capture.activations.shape[0])
+        return CamStats(channels=channels, forwarded=self.total, recomputed_fp32=self.recomputed_fp32)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The head's fp32 logits, in the job's precision (fp32 runs without autocast), in slices
-        that halve on out-of-memory like the masked forwards (`head_forward`)."""
-        return head_forward(self.model, self._head_logits, inputs)
+    def forward(self, inputs: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+        """The head's fp32 logits, in ``precision`` (default: the job's; fp32 runs without
+        autocast), in slices that halve on out-of-memory like the masked forwards (`head_forward`)."""
+        resolved = precision or self.precision
+        return head_forward(self.model, lambda part: self._head_logits(part, resolved), inputs, resolved)
 
     def batch_loop(self) -> AbstractContextManager[None]:
         """The head runs on torch's own threads: nothing stands aside."""
         return nullcontext()
 
-    def _head_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast(inputs.device, self.precision):
+    def _head_logits(self, inputs: torch.Tensor, precision: str) -> torch.Tensor:
+        with torch.inference_mode(), autocast(inputs.device, precision):
             return self.cam.head(inputs).float()
 
-    def next_chunk(self, n: int) -> RowChunk:
-        """A ∘ M_ij for the next (at most) ``n`` locations, on the device."""
-        start, stop = self.claim(n)
+    def inputs(self, start: int, stop: int) -> torch.Tensor:
+        """A ∘ M_ij for the locations [start, stop), on the device."""
         acts = self.capture.activations
         masks = location_masks(acts.shape[1], acts.shape[2], start, stop, self.cam.kernel, acts.device)
-        return RowChunk(self, start, stop, acts[None] * masks[:, None])
+        return acts[None] * masks[:, None]
 
-    def record(self, chunk: RowChunk, logits: torch.Tensor) -> None:
+    def keep(self, start: int, stop: int, logits: torch.Tensor) -> None:
         """S_c(i, j) = softmax(g(A ∘ M_ij))[c], kept on the device."""
-        self.scores[chunk.start : chunk.stop] = torch.softmax(logits.float(), dim=1).index_select(1, self._class_index)
-        self.done += len(chunk)
+        self.scores[start:stop] = torch.softmax(logits.float(), dim=1).index_select(1, self._class_index)
 
     def maps(self) -> torch.Tensor:
         """S [C, h, w] at the layer's resolution (before upsampling and normalisation)."""

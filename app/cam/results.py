@@ -7,21 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class CamStats:
-    """Where the work went: ``forwarded`` masked passes out of ``channels`` in the layer."""
-
-    channels: int
-    forwarded: int = 0
-    skipped_constant: int = 0
-    skipped_duplicate: int = 0
-    skipped_by_max: int = 0
-
-    @property
-    def forward_passes(self) -> int:
-        """Masked forwards plus the one forward that captured the activations."""
-        return self.forwarded + 1
+from app.explanations import CamStats  # torch-free: it crosses the pipe to the HTTP process
 
 
 @dataclass(frozen=True)

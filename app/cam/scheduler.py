@@ -12,10 +12,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import torch
 
+from app.cam.batch_caps import MASKED_FORWARDS
 from app.cam.inference import InferenceModel
 from app.errors import Cancelled
 
@@ -41,6 +42,10 @@ class BatchJob(ABC, Generic[ChunkT]):
     Owns the bookkeeping every such job shares: the batch-sharing key and the cursors of
     forwards handed out (``issued``) and recorded (``done``) out of ``total``.
     """
+
+    # whose out-of-memory cap this job's batches run under (``batch_caps.py``); a batch shared by
+    # jobs of several kinds runs under its first job's
+    forward_kind: ClassVar[str] = MASKED_FORWARDS
 
     def __init__(self, model: InferenceModel, precision: str, total: int) -> None:
         self.model = model
@@ -76,10 +81,11 @@ class BatchJob(ABC, Generic[ChunkT]):
         own pool); a job whose forwards run on torch (``forward`` overridden) overrides it too."""
         return self.model.batch_loop(self.precision)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Logits of a batch of this group's inputs: the whole network by default (masked images);
-        a job whose inputs are not images (Recipro-CAM's feature maps) runs its own module."""
-        return self.model.forward_masked(inputs, self.precision)
+    def forward(self, inputs: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+        """Logits of a batch of this group's inputs, in ``precision`` (default: the job's): the whole
+        network by default (masked images); a job whose inputs are not images (Recipro-CAM's feature
+        maps) runs its own module."""
+        return self.model.forward_masked(inputs, precision or self.precision, self.forward_kind)
 
     @abstractmethod
     def next_chunk(self, n: int) -> ChunkT:

@@ -26,6 +26,8 @@ final one; the order changes no weight, so the final map is the same.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from app.cam.base import BaseCAM, CamOptions, build_results, check_positive, forward_precision
@@ -34,7 +36,6 @@ from app.cam.channels import ChannelPlan, build_masked_inputs, plan_channels
 from app.cam.inference import InferenceModel
 from app.cam.jobs import BaseCamJob
 from app.cam.results import CamResult, CamStats, PartialMap, normalize_map, weighted_sum
-from app.cam.scheduler import RowChunk
 from app.errors import InvalidOption
 from app.methods import WEIGHTINGS
 
@@ -53,21 +54,20 @@ class ScoreCamJob(BaseCamJob):
         # the image in the runtime's layout, so every masked input is built in it (no copy per forward)
         self._image = cap.input.contiguous(memory_format=cam.model.input_format(cam.precision))
 
-    def next_chunk(self, n: int) -> RowChunk:
-        """Build the masked inputs of the next (at most) ``n`` unique maps, on the device."""
-        start, stop = self.claim(n)
-        inputs = build_masked_inputs(self._image, self.plan, start, stop)
-        return RowChunk(self, start, stop, inputs)
+    def inputs(self, start: int, stop: int) -> torch.Tensor:
+        """The masked inputs of unique maps [start, stop), built on the device."""
+        return build_masked_inputs(self._image, self.plan, start, stop)
 
-    def record(self, chunk: RowChunk, logits: torch.Tensor) -> None:
-        """Keep the chunk's class scores (on the device; no host sync)."""
+    def keep(self, start: int, stop: int, logits: torch.Tensor) -> None:
+        """Keep the rows' class scores (on the device; no host sync). A row whose scores are not
+        finite (an overflow, redone in fp32 when the job finishes) counts as not yet recorded, so
+        the partial maps leave it out rather than turn blank."""
         if self.cam.weighting == "probability":
             values = torch.softmax(logits.float(), dim=1).index_select(1, self._class_index)
         else:
             values = logits.float().index_select(1, self._class_index)
-        self.scores[chunk.start : chunk.stop] = values
-        self.recorded[chunk.start : chunk.stop] = True
-        self.done += len(chunk)
+        self.scores[start:stop] = values
+        self.recorded[start:stop] = torch.isfinite(values).all(dim=1)
 
     def weights(self) -> torch.Tensor:
         """α [C, K]: zero for skipped channels and for masks not yet recorded, shared by duplicates.
@@ -104,10 +104,10 @@ class ScoreCamJob(BaseCamJob):
 
     @property
     def stats(self) -> CamStats:
-        return self.plan.stats
+        return replace(self.plan.stats, recomputed_fp32=self.recomputed_fp32) if self.recomputed_fp32 else self.plan.stats
 
     def build_results(self) -> list[CamResult]:
-        return build_results(self.capture, self.classes, self.weights(), self.plan.stats)
+        return build_results(self.capture, self.classes, self.weights(), self.stats)
 
 
 class ScoreCAM(BaseCAM[ScoreCamJob]):

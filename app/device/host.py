@@ -11,14 +11,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import resource
-import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from app.cam import fill_batch, run_batch
+from app.cam.precision import native_precisions, resolve_precision
 from app.cam.scheduler import BatchJob, Chunk
+from app.device.clock import settled_time
+from app.device.faults import is_fatal_device_error
 from app.device.hosted_job import HostedJob
 from app.device.models import ModelStore, ServedModel
 from app.device.warmup import warm_up
@@ -68,20 +70,25 @@ class DeviceHost:
         return [self._info(model, seconds.get(model.name, 0.0), rates.get(model.name)) for model in self.store.all()]
 
     def _info(self, model: ServedModel, warmup_s: float, forwards_per_s: float | None = None) -> ModelInfo:
+        """The model as the HTTP process sees it; the device's precisions are decided here, in the
+        process that owns the device, so the HTTP process never asks CUDA (nor imports torch)."""
+        device = model.inference.device
         return ModelInfo(
             name=model.name,
             is_default=model.is_default,
-            device=str(model.inference.device),
+            device=str(device),
             precision=model.inference.precision,  # fp32 where int8 fell back at start
             runtime=model.inference.runtime_name,
             batch_size=self.config.explain_batch_size or model.inference.batch_size,
-            preprocessing=model.loaded.preprocessing,
+            preprocessing=model.loaded.preprocessing.views(),  # the torch-free base: it unpickles without torch
             labels=tuple(model.loaded.labels),
             default_layer=model.loaded.default_layer,
             layers=tuple(model.layers),
             recipro_layers=tuple(model.loaded.recipro_layers()),
             layer_locations=dict(model.layer_locations),
             layer_channels=dict(model.layer_channels),
+            native_precisions=native_precisions(device),
+            auto_precision=resolve_precision("auto", device),
             warmup_s=warmup_s,
             forwards_per_s=forwards_per_s,
         )
@@ -117,27 +124,43 @@ class DeviceHost:
 
     def run(self, model_name: str, job_ids: Sequence[int], batch_size: int) -> BatchReport:
         """One forward batch shared by the jobs (in this order, fair shares); a failure of the
-        shared batch re-runs each job's part alone, so only the job that fails fails."""
+        shared batch re-runs each job's part alone, so only the job that fails fails.
+
+        A failed job is forgotten here, whatever raised, so its tensors are freed. An error that
+        poisons the device (app/device/faults.py) is not retried: it ends the call, and the
+        worker process exits after answering it."""
         model = self.store.get(model_name)
         members = {i: self.jobs[i] for i in job_ids if i in self.jobs}
+        try:
+            return self._run(model, members, batch_size)
+        except BaseException:
+            for job_id in members:  # which job the error belongs to is unknown: the group fails
+                self.jobs.pop(job_id, None)
+            raise
+
+    def _run(self, model: ServedModel, members: dict[int, HostedJob], batch_size: int) -> BatchReport:
+        device = self.store.device
+        started = settled_time(device)  # on CUDA, after the work earlier calls queued
         splits_before = self.oom_splits
-        started = time.monotonic()
         running = {i: job for i, hosted in members.items() if (job := hosted.running) is not None}
-        failed: dict[int, ErrorPayload] = {}
+        done_before = {i: job.done for i, job in running.items()}
         jobs = list(running.values())
+        kind = members[next(iter(running))].batch_kind if running else MASKED_BATCH  # before the batch may finish a phase
+        chunks: list[Chunk] = []
+        failure: ErrorPayload | None = None
+        failed: dict[int, ErrorPayload] = {}
         with jobs[0].batch_loop() if jobs else contextlib.nullcontext():  # one group: one loop
-            chunks = fill_batch(jobs, batch_size)
-            in_batch = {i: job for i, job in running.items() if any(c.job is job for c in chunks)}
-            done_before = {i: job.done for i, job in in_batch.items()}
-            kind = members[next(iter(in_batch))].batch_kind if in_batch else MASKED_BATCH
             try:
+                chunks = fill_batch(jobs, batch_size)
                 run_batch(chunks)
-            except Exception as exc:  # noqa: BLE001 - one bad input fails its own request, not the batch
-                if len(in_batch) == 1:
-                    failed = {i: ErrorPayload.of(exc) for i in in_batch}
-                else:
-                    log.warning("a batch shared by %d requests failed (%s); running them one at a time", len(in_batch), exc)
-                    failed = self._run_alone(in_batch, chunks, done_before, exc)
+            except Exception as exc:
+                if is_fatal_device_error(exc):
+                    raise
+                failure = ErrorPayload.of(exc)  # text only: the traceback (the failed forward's tensors) is let go
+            # the retries run here, out of the except block, once that forward's activations are freed
+            in_batch = {i: job for i, job in running.items() if any(c.job is job for c in chunks)}
+            if failure is not None:  # no chunk at all: the batch could not be built, every job fails
+                failed = self._recover(in_batch or running, chunks, done_before, failure)
         survivors = {i: job for i, job in in_batch.items() if i not in failed}
         size = sum(len(c) for c in chunks if any(c.job is job for job in survivors.values()))
         precision = chunks[0].job.precision if chunks else None
@@ -146,27 +169,41 @@ class DeviceHost:
             try:
                 members[job_id].advance()
                 states[job_id] = members[job_id].state()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
+                if is_fatal_device_error(exc):
+                    raise
                 failed[job_id] = ErrorPayload.of(exc)
         for job_id in failed:
             self.jobs.pop(job_id, None)
-        seconds = time.monotonic() - started
+        seconds = settled_time(device) - started
         splits = self.oom_splits - splits_before
         return BatchReport(
             kind, size, seconds, precision, states, failed, splits, model.inference.batch_size, self.device_memory()
         )
 
+    def _recover(
+        self, in_batch: dict[int, BatchJob], chunks: list[Chunk], done_before: dict[int, int], failure: ErrorPayload
+    ) -> dict[int, ErrorPayload]:
+        """The jobs a failed batch fails: the only one, every one when the batch was never built,
+        else those that fail again alone."""
+        if len(in_batch) == 1 or not chunks:
+            return dict.fromkeys(in_batch, failure)
+        log.warning("a batch shared by %d requests failed (%s); running them one at a time", len(in_batch), failure.message)
+        return self._run_alone(in_batch, chunks, done_before, failure)
+
     def _run_alone(
-        self, members: dict[int, BatchJob], chunks: list[Chunk], done_before: dict[int, int], exc: Exception
+        self, members: dict[int, BatchJob], chunks: list[Chunk], done_before: dict[int, int], failure: ErrorPayload
     ) -> dict[int, ErrorPayload]:
         failed: dict[int, ErrorPayload] = {}
         for job_id, job in members.items():
             if job.done != done_before[job_id]:
-                failed[job_id] = ErrorPayload.of(exc)  # partly recorded before the failure: not trusted
+                failed[job_id] = failure  # partly recorded before the failure: not trusted
                 continue
             try:
                 run_batch([chunk for chunk in chunks if chunk.job is job])
-            except Exception as alone:  # noqa: BLE001
+            except Exception as alone:
+                if is_fatal_device_error(alone):
+                    raise
                 failed[job_id] = ErrorPayload.of(alone)
         return failed
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from app.cam import CamResult, Faithfulness, FaithfulnessJob
+from app.cam.batch_caps import METRIC_FORWARDS
 from app.cam.inference import InferenceModel
 from app.cam.precision import resolve_precision
 from app.cam.scheduler import BatchJob, RowChunk
@@ -39,6 +40,8 @@ class RequestChunk:
 
 class RequestMetricsJob(BatchJob[RequestChunk]):
     """The metric forwards of every explanation of one request, a chunk at a time."""
+
+    forward_kind = METRIC_FORWARDS
 
     def __init__(
         self,

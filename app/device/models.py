@@ -18,7 +18,7 @@ from app.cam import CamOptions, InferenceModel, build_cam
 from app.cam.base import BaseCAM
 from app.cam.precision import native_precisions
 from app.cam.runtimes import Calibration
-from app.errors import ModelLoadFailed, ScoreCamError, UnknownModel
+from app.errors import DeviceUnavailable, ModelLoadFailed, ScoreCamError, UnknownModel
 from app.methods import method_spec
 from app.models.loaded import LoadedModel
 from app.models.sources import ModelSource
@@ -35,6 +35,26 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def check_device(device: torch.device) -> None:
+    """Raise ``DeviceUnavailable`` when ``device`` does not exist on this machine, before any model
+    loads: a missing GPU is a configuration error that no restart fixes, so it must fail the start
+    (the HTTP process then exits non-zero) with a message that says what to set."""
+    setting = f"SCORECAM_DEVICE={device}"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+            raise DeviceUnavailable(
+                f"{setting}, but CUDA is not available here (torch {torch.__version__}, {built}; no GPU or driver "
+                "visible): set SCORECAM_DEVICE=cpu, or auto to use a GPU only when there is one"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            valid = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise DeviceUnavailable(f"{setting}, but this machine has {count} CUDA device(s): use {valid}, or cuda")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable(f"{setting}, but Apple's MPS is not available here: set SCORECAM_DEVICE=cpu or auto")
 
 
 @dataclass
@@ -115,6 +135,7 @@ class ModelStore:
 
     def load_all(self) -> None:
         """Build every configured model on the device (idempotent: a restart reuses them)."""
+        check_device(self.device)
         for name in self.names:
             if name in self._models:
                 continue

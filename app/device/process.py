@@ -23,8 +23,9 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 
 from app.allocator import tune_malloc
+from app.device.faults import EXIT_DEVICE_FAILED, EXIT_DEVICE_UNAVAILABLE, device_failed, is_fatal_device_error
 from app.device.host import DeviceHost
-from app.errors import ScoreCamError
+from app.errors import DeviceUnavailable, ScoreCamError
 from app.models.sources import ModelSource, default_model_source
 from app.protocol.calls import Answer, Call, Stop
 from app.protocol.errors import ErrorPayload
@@ -68,14 +69,27 @@ def configure_logging(level: str) -> None:
     root.propagate = False
 
 
-def answer(host: DeviceHost, call: Call[object]) -> Answer:
-    """The host's answer to one call, or the error it raised (every failure goes back)."""
+def answer(host: DeviceHost, call: Call[object]) -> tuple[Answer, int | None]:
+    """The host's answer to one call, or the error it raised (every failure goes back), and the
+    status this process must exit with once the answer is sent (None: it goes on).
+
+    It exits when the device is missing (SCORECAM_DEVICE names one this machine lacks) or failed
+    in a way that poisons its context (app/device/faults.py): no later call could succeed here.
+    """
     try:
-        return Answer(host.handle(call))
+        return Answer(host.handle(call)), None
+    except DeviceUnavailable as exc:
+        log.error("%s", exc.message)
+        return Answer(error=ErrorPayload.of(exc)), EXIT_DEVICE_UNAVAILABLE
     except Exception as exc:
+        if is_fatal_device_error(exc):
+            log.critical(
+                "the device failed during %s; this worker process exits to be replaced", type(call).__name__, exc_info=exc
+            )
+            return Answer(error=ErrorPayload.of(device_failed(exc))), EXIT_DEVICE_FAILED
         if not isinstance(exc, ScoreCamError):
             log.debug("call %s failed", type(call).__name__, exc_info=exc)
-        return Answer(error=ErrorPayload.of(exc))
+        return Answer(error=ErrorPayload.of(exc)), None
 
 
 def serve(
@@ -110,10 +124,13 @@ def serve(
             call = conn.recv()
         except (EOFError, OSError):
             return  # the HTTP process is gone
-        reply = Answer() if isinstance(call, Stop) else answer(host, call)
+        reply, exit_status = (Answer(), None) if isinstance(call, Stop) else answer(host, call)
         try:
             conn.send(reply)
+            sent = True
         except (BrokenPipeError, OSError):
-            return
-        if isinstance(call, Stop):
+            sent = False  # the HTTP process is gone
+        if exit_status is not None:
+            raise SystemExit(exit_status)  # the supervisor replaces this process, or stops the service
+        if not sent or isinstance(call, Stop):
             return

@@ -9,13 +9,16 @@ The batch size is measured here, on Score-CAM batches in the thread that will ru
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 
 import torch
 
+from app.allocator import release_free_memory
 from app.cam import ScoreCAM, fill_batch, run_batch
 from app.cam.masked_batch_tuning import tune_masked_batch_size
+from app.device.clock import settled_time
 from app.device.models import ModelStore, ServedModel
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,8 @@ def warm_up(
             explain_batch_size or model.inference.batch_size,
             seconds[model.name],
         )
+    gc.collect()
+    release_free_memory()  # what loading, tuning and warming freed: glibc keeps it otherwise (app/allocator.py)
     return seconds, rates
 
 
@@ -80,11 +85,11 @@ def warm_model(model: ServedModel, max_channels: int, explain_batch_size: int | 
     rate = None
     for _ in range(2):
         job = cam.start(x, None)
-        started = time.perf_counter()
+        started = settled_time(model.inference.device)
         while not job.finished:
             with job.batch_loop():
                 run_batch(fill_batch([job], batch_size))
-        seconds = time.perf_counter() - started
+        seconds = settled_time(model.inference.device) - started  # the work itself, not its launches (CUDA)
         job.results()
         if job.total and seconds > 0:
             rate = job.total / seconds

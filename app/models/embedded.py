@@ -17,6 +17,7 @@ import timm
 import torch
 
 from app.errors import InvalidOption, WeightsNotFound
+from app.model_names import EMBEDDED
 from app.models.heads import timm_heads
 from app.models.labels import imagenet_labels
 from app.models.loaded import LoadedModel
@@ -25,7 +26,7 @@ from app.models.weights import WeightsArg, explicit_path, load_into, load_state_
 
 log = logging.getLogger(__name__)
 
-NAME = "efficientnet_lite0"
+NAME = EMBEDDED  # app/model_names.py: the HTTP process knows the name without importing this
 ARCHITECTURE = "tf_efficientnet_lite0"
 DEFAULT_LAYER = "bn2"  # conv_head -> bn2 (+ReLU6): 1280 channels, 7 x 7 at 224, then global pooling
 PREPROCESSING = Preprocessing(input_size=224, resize_size=256, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

@@ -24,6 +24,7 @@ import timm
 from torch import nn
 
 from app.errors import InvalidOption, UnknownModel
+from app.model_names import TIMM_LISTED, TIMM_PREFIX
 from app.models.heads import timm_heads
 from app.models.labels import default_labels
 from app.models.layers import feature_layer
@@ -33,8 +34,8 @@ from app.models.weights import WeightsArg, explicit_path, hub_checkpoint_path, n
 
 log = logging.getLogger(__name__)
 
-PREFIX = "timm/"
-LISTED: tuple[str, ...] = ("resnet50", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny")
+PREFIX = TIMM_PREFIX  # app/model_names.py: the HTTP process knows the names without importing timm
+LISTED: tuple[str, ...] = TIMM_LISTED
 _SMALL_INPUT = 64  # enough for stride-32 nets; the layer search only needs shapes
 
 

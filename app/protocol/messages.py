@@ -1,6 +1,6 @@
 """The typed values that cross the pipe between the HTTP process and the worker process.
 
-Plain values and numpy arrays only, so the HTTP process never runs a torch operation: images go
+Plain values and numpy arrays only, so the HTTP process never imports torch: images go
 in as uint8 pixels already resized to the model's input (or the Open Inference Protocol's float32
 tensors), maps and probabilities come back as float32 arrays.
 """
@@ -10,16 +10,13 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.errors import UnknownLayer
+from app.explanations import CamStats, Faithfulness
+from app.imaging.views import ImageViews
 from app.protocol.errors import ErrorPayload
-
-if TYPE_CHECKING:  # values of these types arrive pickled; the annotations need no import at run time
-    from app.cam import CamStats, Faithfulness
-    from app.models.preprocessing import Preprocessing
 
 METRICS_PRECISION = "fp32"  # faithfulness forwards: a metric must not depend on the CPU's bf16
 MASKED_BATCH = "scorecam"  # the batch kind of masked inputs (Score-CAM's, and every metric forward)
@@ -110,7 +107,7 @@ class BatchReport:
     states: dict[int, JobState]
     failed: dict[int, ErrorPayload]
     oom_splits: int = 0
-    batch_size: int = 0  # the model's batch size after it (smaller after an out-of-memory halving)
+    batch_size: int = 0  # the model's tuned batch size (out-of-memory caps stay in the worker, regrown there)
     device_memory: float = 0.0  # bytes allocated on the device (CUDA), else the worker's peak RSS
 
 
@@ -124,13 +121,15 @@ class ModelInfo:
     precision: str
     runtime: str
     batch_size: int
-    preprocessing: Preprocessing
+    preprocessing: ImageViews  # a plain ImageViews, never app.models' subclass: it unpickles without torch
     labels: tuple[str, ...]
     default_layer: str
     layers: tuple[str, ...]
     recipro_layers: tuple[str, ...]
     layer_locations: dict[str, int]
     layer_channels: dict[str, int]
+    native_precisions: tuple[str, ...]  # what the device computes natively (the rest is emulated, refused)
+    auto_precision: str  # what a request's ``precision=auto`` resolves to on the device
     warmup_s: float = 0.0
     forwards_per_s: float | None = None  # masked forwards/s at ``precision``, measured in warm-up
     oom_splits: int = 0  # batches halved after running out of device memory, as the worker reported

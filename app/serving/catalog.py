@@ -32,7 +32,8 @@ class ModelCatalog:
                 self._models[info.name] = info
 
     def batch_sizes(self) -> dict[str, int]:
-        """Each loaded model's batch size (a restarted worker reuses what the first one measured)."""
+        """Each loaded model's batch size as warm-up measured it (a restarted worker reuses it, not
+        the caps out-of-memory halvings set in the worker that ran them)."""
         with self._lock:
             return {name: info.batch_size for name, info in self._models.items()}
 

@@ -8,7 +8,8 @@ short explanation finishes while a long one still runs, and deadlines and cancel
 between batches: a request whose client left or whose deadline passed gets no further batch.
 
 If the worker process dies, the pending call raises ``WorkerGone``, this thread ends with it, and
-the supervisor fails the queue with 503 and starts a new worker.
+the supervisor fails the queue with 503 and starts a new worker. A call answered ``DeviceFailed``
+(the worker's CUDA context is poisoned and its process exits) ends this thread the same way.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import numpy as np
 
+from app.errors import DeviceFailed
 from app.protocol.errors import WorkerGone
 from app.protocol.messages import JobState, ModelInfo
 from app.serving.batches import PREDICT_BATCH, WHOLE_BATCH, BatchFeed
@@ -181,6 +183,8 @@ class Dispatcher:
             probabilities = self.client.predict(model, [i.x for i in items])
         except WorkerGone:
             raise
+        except DeviceFailed as exc:
+            self._device_failed(items, exc)
         except Exception as exc:  # noqa: BLE001 - one bad input fails its own request, not the batch
             if len(items) == 1:
                 self._fail(items, exc)
@@ -224,10 +228,9 @@ class Dispatcher:
         for job_id, payload in report.failed.items():
             self._fail([by_id[job_id]], payload.rebuild())
         members = [by_id[job_id] for job_id in report.states]
-        if report.oom_splits:
-            info = self.catalog.get(model)
-            info.oom_splits += report.oom_splits
-            info.batch_size = report.batch_size
+        if report.oom_splits:  # counted only: the worker keeps its halved caps (and regrows them);
+            # the catalog keeps the tuned size, the one a restarted worker reuses
+            self.catalog.get(model).oom_splits += report.oom_splits
             self.metrics.oom_splits.labels(model=model).inc(report.oom_splits)
         if report.size:
             ids = tuple(item.request_id for item in members)
@@ -285,9 +288,17 @@ class Dispatcher:
             return call()
         except WorkerGone:
             raise
+        except DeviceFailed as exc:
+            self._device_failed(items, exc)
         except Exception as exc:  # noqa: BLE001 - one request's failure, not the worker's
             self._fail(items, exc)
             return None
+
+    def _device_failed(self, items: list[WorkItem], exc: DeviceFailed) -> NoReturn:
+        """The worker's device failed under ``items`` (they get the error) and its process exits:
+        nothing more is sent to it, and the supervisor replaces it (the rest of the queue gets 503)."""
+        self._fail(items, exc)
+        raise WorkerGone(f"the worker process {self.pid} exits after a device failure: {exc.message}")
 
     def _fail(self, items: list[WorkItem], exc: BaseException) -> None:
         """Domain errors pass through; anything else is a 500 naming the request, logged once with its traceback."""

@@ -21,13 +21,13 @@ class Phase(enum.Enum):
     RESTARTING = "restarting"  # the worker died or hung; a new one loads
     DRAINING = "draining"  # SIGTERM: no new work, in-flight work finishes
     STOPPED = "stopped"  # the dispatcher leaves; nothing runs
-    FAILED = "failed"  # the first start-up failed; not retried
+    FAILED = "failed"  # the first start-up failed, or a restart found no usable device; not retried
 
 
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.STARTING: frozenset({Phase.SERVING, Phase.FAILED, Phase.DRAINING, Phase.STOPPED}),
     Phase.SERVING: frozenset({Phase.RESTARTING, Phase.DRAINING, Phase.STOPPED}),
-    Phase.RESTARTING: frozenset({Phase.SERVING, Phase.DRAINING, Phase.STOPPED}),
+    Phase.RESTARTING: frozenset({Phase.SERVING, Phase.FAILED, Phase.DRAINING, Phase.STOPPED}),
     Phase.DRAINING: frozenset({Phase.STOPPED}),
     Phase.FAILED: frozenset({Phase.STOPPED}),
     Phase.STOPPED: frozenset(),

@@ -14,8 +14,8 @@ import numpy as np
 from app.methods import MethodName
 from app.protocol.messages import ModelInfo
 
-if TYPE_CHECKING:  # plain values computed in the worker process, unpickled here
-    from app.cam import CamStats, Faithfulness
+if TYPE_CHECKING:  # plain values computed in the worker process, unpickled here (torch-free: app/explanations.py)
+    from app.explanations import CamStats, Faithfulness
 
 
 @dataclass(frozen=True)

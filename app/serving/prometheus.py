@@ -11,7 +11,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 CANCELLED_HELP = "Requests stopped before their answer, by reason: client_gone or deadline (their work stops within a batch)."
-OOM_HELP = "Forward batches halved after the device ran out of memory, by model."
+OOM_HELP = (
+    "Forwards halved after the device ran out of memory, by model (each lowers the cap of one precision "
+    "and kind of forward in the worker until clean batches grow it back)."
+)
 DEVICE_MEMORY_HELP = "Memory in use on the device (the worker process's peak RSS on the CPU), as of its last batch."
 # The request line's method is the client's text: only these become a label value of their own,
 # anything else is "other", so invented methods cannot add series (label values are never

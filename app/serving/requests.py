@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.cam.faithfulness import DEFAULT_STEP
+from app.explanations import DEFAULT_STEP
 from app.methods import MethodName, Precision, Weighting
 
 # The queue's lanes: items of one lane (and one model) may share a batch.

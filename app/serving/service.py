@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -18,7 +19,7 @@ from PIL import Image
 from app.config import Settings
 from app.errors import InvalidOption, QueueFull, ServiceUnavailable
 from app.imaging.render import check_output_size
-from app.models.sources import ModelSource, check_model_names, default_model_source
+from app.model_names import check_model_names
 from app.protocol.messages import ModelInfo, WorkerConfig
 from app.serving.admission.planning import ExplainPlan, plan_explain
 from app.serving.batches import BatchFeed
@@ -33,6 +34,9 @@ from app.serving.requests import PREDICT_LANE, Demand, ExplainSpec
 from app.serving.supervisor import Supervisor
 from app.serving.work import PredictOutput, ProgressCallback, WorkItem, deadline_error
 from app.serving.worker_client import WorkerClient
+
+if TYPE_CHECKING:  # a source handed in (tests, embedders) is already loaded; the default one is built in the worker
+    from app.models.sources import ModelSource
 
 log = logging.getLogger(__name__)
 PREDICT = Demand(PREDICT_LANE)
@@ -115,8 +119,12 @@ class ScoreCamService:
             self.metrics.watch_device(infos[0].device)
 
     async def start(self) -> None:
-        """Check the model names (fail fast), then load and warm up in the worker process."""
-        check_model_names(self.source or default_model_source(self.settings.custom_models), self.catalog.names)
+        """Check the model names (fail fast, without importing the zoo), then load and warm up in the worker process."""
+        if self.source is None:
+            check_model_names(self.catalog.names, self.settings.custom_models)
+        else:
+            for name in self.catalog.names:
+                self.source.entry(name)  # UnknownModel with close names
         self.supervisor.start()
 
     def begin_drain(self) -> None:

@@ -4,9 +4,10 @@ A worker is a process (killed, out of memory, crashed in native code) driven by 
 thread here. A dead worker must not leave requests hanging: everything queued or running gets a
 503 at once and the service is in phase RESTARTING (not ready) until a new process has loaded and
 warmed its models. A failure of the first start-up is not retried (a missing weight file will not
-appear by itself): the phase is FAILED, /readyz says why, and ``on_startup_failed`` is called,
-which ``scorecam serve`` uses to exit non-zero (as Triton and TorchServe do, so an orchestrator
-shows the failure). The supervisor is the only mover of the lifecycle (app/serving/lifecycle.py).
+appear by itself), nor a restarted worker's that could not use the device (no GPU any more, or a
+GPU that fails again at warm-up): the phase is FAILED, /readyz says why, and ``on_startup_failed``
+is called, which ``scorecam serve`` uses to exit non-zero (as Triton and TorchServe do, so an
+orchestrator shows the failure and moves the pod). The supervisor is the only mover of the lifecycle (app/serving/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from app.errors import ServiceUnavailable
+from app.errors import DeviceFailed, DeviceUnavailable, ServiceUnavailable
 from app.serving.dispatcher import Dispatcher
 from app.serving.lifecycle import Lifecycle, Phase
 from app.serving.prometheus import ServiceMetrics
@@ -31,6 +32,7 @@ WATCH_S = 0.5
 RESTARTABLE = frozenset({Phase.STARTING, Phase.SERVING})  # phases a lost worker turns into RESTARTING
 WARMING = frozenset({Phase.STARTING, Phase.RESTARTING})  # phases a warm worker turns into SERVING
 LIVE = frozenset({Phase.STARTING, Phase.SERVING, Phase.RESTARTING})  # phases SIGTERM turns into DRAINING
+DEVICE_ERRORS = (DeviceUnavailable, DeviceFailed)  # a worker that fails its start with one is not replaced again
 
 MakeDispatcher = Callable[[int, Callable[[BaseException | None], None], Callable[[], None]], Dispatcher]
 
@@ -114,7 +116,7 @@ class Supervisor:
                 self._settle_all("the worker stopped while the service was shutting down; retry on another replica", 1.0)
                 return
             error = outcome[0] if outcome else None
-            if not self.dispatcher.prepared and generation == 0:
+            if not self.dispatcher.prepared and (generation == 0 or isinstance(error, DEVICE_ERRORS)):
                 self.lifecycle.move(Phase.FAILED, error)
                 log.error("start-up failed, not retrying: %s", error)
                 if self.on_startup_failed is not None:

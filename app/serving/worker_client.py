@@ -17,11 +17,10 @@ import time
 from collections.abc import Sequence
 from multiprocessing.context import ForkServerContext
 from multiprocessing.sharedctypes import Synchronized
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import numpy as np
 
-from app.models.sources import ModelSource
 from app.protocol.calls import (
     WORKER_MODULE,
     Answer,
@@ -37,6 +36,9 @@ from app.protocol.calls import (
 )
 from app.protocol.errors import WorkerGone
 from app.protocol.messages import BatchReport, JobOutput, JobSpec, JobState, ModelInfo, WorkerConfig
+
+if TYPE_CHECKING:  # for the checker only: a source handed in was built by its caller, the default one in the worker
+    from app.models.sources import ModelSource
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 10.0

@@ -16,6 +16,7 @@ from app.cam.precision import (
 )
 from app.errors import InvalidOption
 from tests.cam.conftest import SmallCNN
+from tests.cam.fake_cuda import FakeCuda
 
 
 @pytest.mark.precision
@@ -90,6 +91,29 @@ def test_masked_batch_tuning_times_score_cam_batches_and_keeps_each_sizes_fastes
     # sizes beyond what one image's masks fill after the warm-up batch are not timed
     assert 4 in measured and set(measured) <= set(CPU_CANDIDATES) and all(0 < c < 1 for c in measured.values())
     rounds = iter([{4: 1.0, 8: 0.5, 16: 2.0, 32: 2.0}, {4: 1.0, 8: 9.0, 16: 0.9, 32: 2.0}, {4: 1.0, 8: 0.7, 16: 3.0, 32: 2.0}])
-    monkeypatch.setattr(tuning, "masked_batch_costs", lambda _cam: next(rounds))
+    monkeypatch.setattr(tuning, "masked_batch_costs", lambda _cam, _candidates: next(rounds))
     chosen, choices = tuning.tune_masked_batch_size(cam)
     assert (chosen, choices, model.batch_size) == (8, [8, 8], 8)
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "device", "native", "auto"),
+    [
+        (((7, 5),), "cuda", ("fp32", "fp16"), "fp16"),  # a T4: bf16 is emulated there, fp16 is native
+        (((8, 0),), "cuda:0", ("fp32", "bf16", "fp16"), "bf16"),  # an A100
+        (((9, 0), (7, 5)), "cuda:1", ("fp32", "fp16"), "fp16"),  # the named card decides, not the current one
+        (((7, 0), (8, 6)), "cuda:1", ("fp32", "bf16", "fp16"), "bf16"),
+    ],
+)
+def test_cuda_bf16_is_native_from_compute_capability_8_0_on_the_named_card(
+    monkeypatch: pytest.MonkeyPatch,
+    capabilities: tuple[tuple[int, int], ...],
+    device: str,
+    native: tuple[str, ...],
+    auto: str,
+) -> None:
+    FakeCuda(capabilities).install(monkeypatch)  # its is_bf16_supported fails the test if asked
+    monkeypatch.setenv(ASSUME_NATIVE_BF16_ENV, "1")  # the CPU switch has no say on CUDA
+    assert native_precisions(device) == native
+    assert resolve_precision("auto", device) == auto
+    assert resolve_precision("bf16", device) == "bf16"  # an explicit precision is taken as asked

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.cam import InferenceModel, ReciproCAM, ScoreCAM, fill_batch, run_batch
+from app.cam.batch_caps import HEAD_FORWARDS
 from app.cam.recipro_cam import GAUSSIAN_3X3, location_masks
 from app.errors import InvalidOption, UnsupportedLayer
 from tests.cam.reference import pearson
@@ -165,7 +166,8 @@ def test_head_batches_halve_on_out_of_memory() -> None:
     [[result]] = ReciproCAM(inference, "act", head)(x)
     assert head.calls[:3] == [8, 4, 2]  # 8 and 4 fail, 2 fits and is kept for the rest
     assert set(head.calls[3:]) == {2} and sum(head.calls[2:]) == 64
-    assert inference.batch_size == 2 and inference.oom_splits == 2 and reported == [4, 2]
+    assert inference.batch_limit("fp32", HEAD_FORWARDS) == 2 and inference.oom_splits == 2 and reported == [4, 2]
+    assert inference.batch_size == 8 and inference.batch_limit("fp32") == 8  # the masked forwards' size is their own
     assert torch.allclose(result.map, expected.map, atol=1e-6)
     assert result.stats.forwarded == 64
 
@@ -182,7 +184,7 @@ def test_a_shared_head_batch_halves_through_run_batch() -> None:
     while not all(job.exhausted for job in jobs):
         run_batch(fill_batch(jobs, 16))  # 8 locations of each image per batch
     assert head.calls[:3] == [16, 8, 4]
-    assert inference.batch_size == 4 and reported == [8, 4]
+    assert inference.batch_limit("fp32", HEAD_FORWARDS) == 4 and reported == [8, 4]
     for job, [want] in zip(jobs, expected):
         [got] = job.results()
         assert torch.allclose(got.map, want.map, atol=1e-6)

@@ -46,7 +46,7 @@ def embedded_engines(embedded, tmp_path_factory: pytest.TempPathFactory) -> tupl
     cache = tmp_path_factory.mktemp("cache")
     torch_engine = InferenceModel(embedded.module, precision="fp32", batch_size=8, runtime="torch")
     ov_engine = InferenceModel(embedded.module, precision="fp32", batch_size=8, runtime="openvino", cache_dir=cache)
-    assert ov_engine.runtime_name == "openvino" and ov_engine.runtime.static_batch_sizes == (8,)  # type: ignore[attr-defined]
+    assert ov_engine.runtime_name == "openvino" and ov_engine.runtime.largest_batch == 8  # type: ignore[attr-defined]
     return torch_engine, ov_engine
 
 
@@ -71,19 +71,26 @@ def test_openvino_logits_match_torch_on_a_photo_and_its_masked_copies(
 
 
 def test_varying_batch_sizes_give_the_same_logits(tmp_path: Path, small_cnn: SmallCNN) -> None:
-    """The batch dimension is dynamic: halving and partial batches need no recompilation."""
+    """The batch dimension is dynamic: halving and partial batches need no recompilation, one
+    compiled model per precision serves them all, and a smaller prepared size compiles it again
+    (OpenVINO keeps the memory planned for the largest batch a compiled model ran)."""
     engine = small_engine(small_cnn, "openvino", tmp_path)
-    assert engine.runtime.static_batch_sizes == (4,)  # type: ignore[attr-defined]  # full batches: static
+    runtime = engine.runtime
+    assert isinstance(runtime, openvino_cpu.OpenVINORuntime) and runtime.largest_batch == 4  # prepared: one batch planned
+    compiled = dict(runtime._requests)
     reference = small_engine(small_cnn, "torch", tmp_path)
     x = masked(torch.randn(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(3)), 9)
     want = reference.forward_masked(x)
     for size in (4, 2, 1, 9):
         engine.batch_size = size
         assert relative_error(engine.forward_masked(x), want) <= TOLERANCES["fp32"]
+    assert runtime.largest_batch == 9 and runtime._requests == compiled  # any size, on the same compiled model
     engine.batch_size = 4
-    engine.runtime.prepare(2)  # as tuning would: now 2 is static, 4 dynamic
-    assert engine.runtime.static_batch_sizes == (2,)  # type: ignore[attr-defined]
+    runtime.prepare(2)  # as tuning would after a larger candidate: compiled again, for batch 2
+    assert runtime.largest_batch == 2 and all(runtime._requests[p] is not compiled[p] for p in compiled)
     assert relative_error(engine.forward_masked(x), want) <= TOLERANCES["fp32"]
+    runtime.prepare(4)  # a larger size keeps the compiled models
+    assert runtime.largest_batch == 4 and runtime._requests.keys() == compiled.keys()
 
 
 @pytest.mark.precision  # bf16 is compiled only where native

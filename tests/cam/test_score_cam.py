@@ -87,8 +87,9 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_map(small_cnn: SmallCNN, s
     model.on_oom = seen.append
     [[split]] = ScoreCAM(model, "inner." + LAYER)(x)
     assert torch.equal(split.map, unsplit.map)
-    # The first batch (all 10 masks) is halved until it fits, and the size is remembered.
-    assert model.batch_size <= 3 and seen[-1] == model.batch_size
+    # The first batch (all 10 masks) is halved until it fits; the cap of fp32 masked forwards is
+    # remembered, the tuned size is not touched.
+    assert model.batch_limit("fp32") <= 3 and seen[-1] == model.batch_limit("fp32") and model.batch_size == 16
     assert model.oom_splits == len(seen) >= 2 and seen == sorted(seen, reverse=True)
 
 

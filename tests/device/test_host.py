@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
+from typing import cast
+
 import numpy as np
 import pytest
+import torch
 
+from app.cam.inference import InferenceModel
+from app.cam.precision import native_precisions, resolve_precision
 from app.device.host import DeviceHost
+from app.imaging.views import ImageViews
 from app.protocol.calls import Call, CollectOutput, DropJobs, RunBatch, StartJob, Stop, WarmUp
 from app.protocol.messages import JobOutput, JobSpec, JobState, WorkerConfig
 from tests.api.tinynet import INPUT_SIZE, LAYER, NUM_CLASSES, tiny_registry
@@ -80,3 +88,40 @@ def test_dropped_jobs_get_no_batch(host: DeviceHost) -> None:
 def test_a_call_the_host_does_not_answer_is_refused(host: DeviceHost) -> None:
     with pytest.raises(TypeError, match="Stop"):
         answer(host, Stop())  # the process loop answers Stop itself; the host never sees it
+
+
+@pytest.mark.parametrize(
+    ("device", "capability", "native", "auto"),
+    [
+        ("cuda:1", (7, 5), ("fp32", "fp16"), "fp16"),  # a T4: bf16 only emulated
+        ("cuda:1", (8, 0), ("fp32", "bf16", "fp16"), "bf16"),  # an A100
+    ],
+)
+def test_the_model_info_reports_the_devices_native_precisions(
+    host: DeviceHost,
+    monkeypatch: pytest.MonkeyPatch,
+    device: str,
+    capability: tuple[int, int],
+    native: tuple[str, ...],
+    auto: str,
+) -> None:
+    """The HTTP process checks precisions against this answer and never asks CUDA itself (issue 27 item 4)."""
+    asked: list[torch.device] = []
+
+    def get_device_capability(d: torch.device) -> tuple[int, int]:
+        asked.append(torch.device(d))
+        return capability
+
+    served = host.store.get("tiny")
+    on_cuda = SimpleNamespace(device=torch.device(device), precision="fp32", runtime_name="torch", batch_size=8)
+    model = dataclasses.replace(served, inference=cast(InferenceModel, on_cuda))  # the CPU model, as a CUDA one
+    monkeypatch.setattr(torch.cuda, "get_device_capability", get_device_capability)
+    info = host._info(model, 0.0)
+    assert (info.native_precisions, info.auto_precision) == (native, auto)
+    assert asked and set(asked) == {torch.device(device)}, "the named device is asked, not the current one"
+    assert type(info.preprocessing) is ImageViews, "a plain ImageViews unpickles in the HTTP process without torch"
+
+
+def test_the_model_info_on_a_cpu_matches_the_engines_precisions(host: DeviceHost) -> None:
+    [info] = host.handle(WarmUp())  # type: ignore[misc]
+    assert info.native_precisions == native_precisions("cpu") and info.auto_precision == resolve_precision("auto", "cpu")

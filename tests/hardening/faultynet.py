@@ -4,7 +4,8 @@
 
 * raise ``RuntimeError`` for every batch holding a *poisoned* input: a uniform magenta image
   (255, 0, 255), recognised after normalisation and after Score-CAM's masking by its fixed
-  channel ratios, so one request in a shared batch can be made to fail;
+  channel ratios, so one request in a shared batch can be made to fail; with ``fatal`` on, the
+  error is the ``torch.AcceleratorError`` of a device-side assert (a CUDA fault on a CPU build);
 * raise ``torch.OutOfMemoryError`` for any batch larger than ``oom_above`` (out-of-memory on a
   CPU-only machine).
 
@@ -74,6 +75,7 @@ class Fault:
         self.lock = context.Lock()
         self._poison = context.Value("b", 0, lock=False)
         self._poison_min_batch = context.Value("i", 1, lock=False)
+        self._fatal = context.Value("b", 0, lock=False)
         self._oom_above = context.Value("i", -1, lock=False)  # -1: never
         self._poisoned = SharedLog()
         self._oom = SharedLog()
@@ -87,6 +89,7 @@ class Fault:
     def reset(self) -> None:
         self.poison = False
         self.poison_min_batch = 1  # 2: the single-image base forward passes, shared batches fail
+        self.fatal = False
         self.oom_above = None
         self._poisoned.clear()
         self._oom.clear()
@@ -98,6 +101,15 @@ class Fault:
     @poison.setter
     def poison(self, value: bool) -> None:
         self._poison.value = int(value)
+
+    @property
+    def fatal(self) -> bool:
+        """A poisoned batch raises a device-side assert (torch.AcceleratorError), not a RuntimeError."""
+        return bool(self._fatal.value)
+
+    @fatal.setter
+    def fatal(self, value: bool) -> None:
+        self._fatal.value = int(value)
 
     @property
     def poison_min_batch(self) -> int:
@@ -141,6 +153,8 @@ class Fault:
         if self.poison and n >= self.poison_min_batch and bool(self.poisoned(x.float()).any()):
             with self.lock:
                 self._poisoned.append(n)
+            if self.fatal:
+                raise torch.AcceleratorError(f"CUDA error: device-side assert triggered (simulated, batch of {n})")
             raise RuntimeError(f"simulated model failure on a poisoned input (batch of {n})")
 
 

@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.main import create_app
-from tests.api.conftest import await_until, image_bytes, serving, tiny_settings
+from tests.api.conftest import await_until, crash_worker, image_bytes, serving, tiny_settings
 
 from .faultynet import Fault, Gate, faulty_registry, poison_image
 
@@ -124,10 +124,30 @@ async def test_out_of_memory_halves_the_batch_and_gives_the_unsplit_result(cat_p
         served = service.catalog.get("faulty")
     assert unsplit.status_code == split.status_code == predicted.status_code == 200, split.text
     assert fault.oom_batches[:2] == [8, 4], "8 failed, then 4, then 2 fitted"
-    assert served.batch_size == 2 and served.oom_splits == 2
+    assert served.batch_size == 8 and served.oom_splits == 2  # the worker keeps the cap; the catalog the tuned size
     assert raw_map(split) == pytest.approx(raw_map(unsplit), abs=1e-5)
     assert unsplit.json()["predictions"] == split.json()["predictions"]
     assert 'scorecam_oom_splits_total{model="faulty"} 2.0' in metrics
+
+
+async def test_a_restarted_worker_starts_at_the_measured_size_not_at_a_halved_cap(cat_png: bytes, fault: Fault) -> None:
+    app = faulty_app(explain_batch_size=None)  # each model's own size: 8 on the CPU, not tuned here
+    service = app.state.service
+    options = {"max_channels": "16", "outputs": "raw"}
+    async with serving(app) as client:
+        fault.oom_above = 2
+        first = await client.post("/v1/explain", files={"image": ("i.png", cat_png)}, data=options)
+        served = service.catalog.get("faulty")
+        assert first.status_code == 200, first.text
+        assert fault.oom_batches == [8, 4] and served.oom_splits == 2 and served.batch_size == 8
+        restarts = service.supervisor.restarts
+        crash_worker(service)
+        await await_until(lambda: service.supervisor.restarts > restarts and service.ready, 30, what="a new worker")
+        assert service.worker_config().batch_sizes == {"faulty": 8}
+        again = await client.post("/v1/explain", files={"image": ("i.png", cat_png)}, data=options)
+    assert again.status_code == 200, again.text
+    assert fault.oom_batches == [8, 4, 8, 4], "the new worker tried the measured size again, then halved"
+    assert raw_map(again) == pytest.approx(raw_map(first), abs=1e-5)
 
 
 async def test_out_of_memory_at_batch_one_is_a_500_and_the_worker_survives(cat_png: bytes, fault: Fault) -> None:

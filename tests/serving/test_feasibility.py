@@ -8,10 +8,11 @@ import re
 import pytest
 import torch
 
-from app.cam import faithfulness_forward_passes
-from app.cam.precision import ASSUME_NATIVE_BF16_ENV
 from app.errors import InvalidOption
+from app.explanations import faithfulness_forward_passes
+from app.imaging.views import ImageViews
 from app.methods import METHODS
+from app.protocol.messages import ModelInfo
 from app.serving.admission.feasibility import Allowance, check_fits, check_precision, smallest_metrics_step
 
 UNMEASURED = Allowance(forwards=1000, deadline_s=60, mask_ceiling=None, metric_ceiling=None)
@@ -70,24 +71,49 @@ def test_no_step_fits_below_the_coarsest_steps_cost() -> None:
     assert smallest_metrics_step(224, 224, faithfulness_forward_passes(224, 224, 0.5) - 1) is None
 
 
+CPU_FP32 = ("cpu", ("fp32",), "fp32")  # (device, native precisions, auto) as a worker reports them
+CPU_BF16 = ("cpu", ("fp32", "bf16"), "bf16")
+T4 = ("cuda:0", ("fp32", "fp16"), "fp16")  # sm75: bf16 only emulated
+A100 = ("cuda:1", ("fp32", "bf16", "fp16"), "bf16")
+
+
+def model_info(device: str, native: tuple[str, ...], auto: str, precision: str = "fp32") -> ModelInfo:
+    return ModelInfo(
+        name="m", is_default=True, device=device, precision=precision, runtime="torch", batch_size=8,
+        preprocessing=ImageViews(), labels=("a", "b"), default_layer="l", layers=("l",), recipro_layers=(),
+        layer_locations={}, layer_channels={}, native_precisions=native, auto_precision=auto,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("assume", "requested", "answer"),
+    ("worker", "requested", "answer"),
     [
-        ("0", "auto", "fp32"),
-        ("0", "fp32", "fp32"),
-        ("0", "bf16", None),
-        ("0", "fp16", None),
-        ("1", "bf16", "bf16"),
-        ("1", "fp16", None),
-        ("1", None, "fp32"),
+        (CPU_FP32, "auto", "fp32"),
+        (CPU_FP32, "fp32", "fp32"),
+        (CPU_FP32, "bf16", None),
+        (CPU_FP32, "fp16", None),
+        (CPU_BF16, "auto", "bf16"),
+        (CPU_BF16, "bf16", "bf16"),
+        (CPU_BF16, "fp16", None),
+        (CPU_BF16, None, "fp32"),  # no precision asked: the model's configured one, not auto's
+        (T4, "auto", "fp16"),
+        (T4, "bf16", None),
+        (T4, "fp16", "fp16"),
+        (A100, "bf16", "bf16"),
+        (A100, "auto", "bf16"),
     ],
 )
-def test_a_cpu_runs_only_native_precisions(
-    monkeypatch: pytest.MonkeyPatch, assume: str, requested: str | None, answer: str | None
+def test_a_device_runs_only_the_precisions_its_worker_reports_native(
+    monkeypatch: pytest.MonkeyPatch, worker: tuple[str, tuple[str, ...], str], requested: str | None, answer: str | None
 ) -> None:
-    monkeypatch.setenv(ASSUME_NATIVE_BF16_ENV, assume)
+    def no_cuda_here(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the HTTP process asked CUDA (it must use the worker's answer)")
+
+    for entry in ("is_available", "is_bf16_supported", "get_device_capability", "current_device", "init"):
+        monkeypatch.setattr(torch.cuda, entry, no_cuda_here)
+    model = model_info(*worker)
     if answer is not None:
-        assert check_precision(requested, "fp32", torch.device("cpu")) == answer
+        assert check_precision(requested, model) == answer
         return
-    with pytest.raises(InvalidOption, match=f"'{requested}' is not computed natively"):
-        check_precision(requested, "fp32", torch.device("cpu"))
+    with pytest.raises(InvalidOption, match=f"'{requested}' is not computed natively on {worker[0]}.*: {', '.join(worker[1])}$"):
+        check_precision(requested, model)

@@ -13,7 +13,7 @@ from app.api.disconnect import unless_disconnected
 from app.api.encoders import explain_json, explain_spec
 from app.api.forms import LIST_FIELDS, read_image_request
 from app.api.openapi import error_responses, request_body
-from app.api.rendering import rendered
+from app.api.rendering import release_after, rendered
 from app.api.schemas import ExplainJSON, ExplainOptions, ExplainResponse
 from app.api.sse import MEDIA_TYPE, ProgressFeed, explain_stream, wants_event_stream
 from app.imaging.images import ImageLimits, decode_image
@@ -65,4 +65,5 @@ async def explain(request: Request, service: ServiceDep, settings: SettingsDep) 
         pending = await service.submit_explain(image, plan, feed)
         return explain_stream(pending, feed)
     outcome = await unless_disconnected(request, service.explain(image, plan))
-    return JSONResponse(explain_json(outcome, await rendered(outcome, image, plan.spec.outputs)))
+    body = explain_json(outcome, await rendered(outcome, image, plan.spec.outputs))
+    return JSONResponse(body, background=release_after(image))

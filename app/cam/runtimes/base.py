@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from app.cam.runtimes.shapes import BatchShapes
+
 if TYPE_CHECKING:
     from app.cam.runtimes.calibration import CheckSet
 
@@ -50,6 +52,11 @@ class Runtime(Protocol):
     # torch's intra-op threads while this runtime serves a batch loop (None: leave them): one for
     # a runtime with its own pool, so torch's spinning threads do not compete with it (threads.py)
     torch_threads: int | None
+
+    @property
+    def batch_shapes(self) -> BatchShapes:
+        """Which batch sizes run at no extra cost: a tail batch is padded to one (``shapes.py``)."""
+        ...
 
     def accepts(self, batch: torch.Tensor, precision: str) -> bool:
         """Whether this runtime serves ``batch`` in ``precision`` (else torch does)."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from app.cam.precision import autocast
+from app.cam.precision import DTYPES, autocast
+from app.cam.runtimes.shapes import ANY_SIZE, SIZE_BUCKETS, BatchShapes
 
 
 class TorchRuntime:
-    """Eager forwards of ``fast`` under autocast; serves every precision on every device."""
+    """Eager forwards of ``fast`` under autocast: fp32, bf16 and fp16 on every device (never int8,
+    which only OpenVINO computes: an engine whose int8 fell back to this runtime serves it in fp32)."""
 
     name = "torch"
     torch_threads: int | None = None  # torch's own pool runs the forwards
@@ -20,8 +22,14 @@ class TorchRuntime:
         self.channels_last = channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
+    @property
+    def batch_shapes(self) -> BatchShapes:
+        """Any size, except on CUDA under ``cudnn.benchmark`` (each new shape is timed again):
+        tails padded to a power of two there."""
+        return SIZE_BUCKETS if self.device.type == "cuda" and torch.backends.cudnn.benchmark else ANY_SIZE
+
     def accepts(self, batch: torch.Tensor, precision: str) -> bool:
-        return True
+        return precision in DTYPES
 
     def prepare(self, batch_size: int) -> None:
         """Nothing to prepare: eager kernels take any batch size."""

@@ -10,7 +10,8 @@ retryable 503 (clients retry 503s; this one would never succeed). Alone means wi
   precision) + metric forwards / ceiling(model, fp32) ≤ SCORECAM_REQUEST_TIMEOUT_S. A pace not
   measured yet does not bound anything.
 
-A precision the device only emulates is refused the same way (``check_precision``).
+A precision the device only emulates is refused the same way (``check_precision``), as the worker
+reported its device (``ModelInfo.native_precisions``): the HTTP process never asks CUDA itself.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
-from app.cam import faithfulness_forward_passes
-from app.cam.precision import PRECISIONS, native_precisions, resolve_precision
 from app.errors import InvalidOption
-from app.methods import METHODS, MethodSpec
+from app.explanations import faithfulness_forward_passes
+from app.methods import METHODS, PRECISIONS, MethodSpec
+from app.protocol.messages import ModelInfo
 
 MAX_METRICS_STEP = 0.5  # the API's upper bound of metrics_step
 
@@ -131,10 +130,8 @@ def smallest_metrics_step(height: int, width: int, per_class: int) -> float | No
         step = shown * 1.001
 
 
-def check_precision(
-    requested: str | None, default: str, device: torch.device | str, method: MethodSpec = METHODS["scorecam"]
-) -> str:
-    """The masked-forward precision a request runs at; refuses one the device only emulates.
+def check_precision(requested: str | None, model: ModelInfo, method: MethodSpec = METHODS["scorecam"]) -> str:
+    """The masked-forward precision a request runs at on ``model``; refuses one its device only emulates.
 
     Emulated kernels run many times slower (fp16 on a CPU: about 35x bf16), so one such request
     would hold the worker for its whole deadline: refused (422) rather than priced. The model's
@@ -144,9 +141,9 @@ def check_precision(
     ask for it only where the model serves it, and only for Score-CAM's masked forwards (the other
     methods run on torch: a model whose default is int8 explains them in fp32).
     """
-    device = torch.device(device)
+    default, native = model.precision, model.native_precisions
     if requested is None or requested == "auto":
-        resolved = resolve_precision(requested or default, device)
+        resolved = default if requested is None else model.auto_precision
         return "fp32" if resolved == "int8" and not method.int8 else resolved
     if requested not in PRECISIONS:
         raise InvalidOption(f"unknown precision {requested!r}; valid values: {', '.join(PRECISIONS)}")
@@ -158,13 +155,12 @@ def check_precision(
             raise InvalidOption(
                 "precision 'int8' is served only by a model quantised at start "
                 "(SCORECAM_PRECISION=int8, where it agrees with fp32); this one serves "
-                f"{', '.join(native_precisions(device))}"
+                f"{', '.join(native)}"
             )
         return requested
-    native = native_precisions(device)
     if requested not in native:
         raise InvalidOption(
-            f"precision {requested!r} is not computed natively on {device} (it would be emulated, many "
+            f"precision {requested!r} is not computed natively on {model.device} (it would be emulated, many "
             f"times slower); use auto or one of the native precisions: {', '.join(native)}"
         )
     return requested

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.cam import faithfulness_forward_passes
 from app.config import Settings
 from app.errors import InvalidOption, UnsupportedLayer
+from app.explanations import faithfulness_forward_passes
 from app.methods import MethodSpec, method_spec
 from app.protocol.messages import METRICS_PRECISION, JobSpec, ModelInfo
 from app.serving.admission.feasibility import Allowance, check_fits, check_precision
@@ -49,7 +49,7 @@ def plan_explain(catalog: ModelCatalog, settings: Settings, queue: RequestQueue,
     if method.needs_head and layer not in model.recipro_layers:
         raise UnsupportedLayer(method.name, layer, model.recipro_layers)
     classes = check_classes(model, spec, settings.max_classes)
-    precision = check_precision(spec.precision, model.precision, model.device, method)
+    precision = check_precision(spec.precision, model, method)
     explained = len(classes) if classes else spec.top_k
     metric_cost = metric_forwards(model.input_size, spec.metrics_step, explained) if spec.metrics else 0
     mask_cost = explain_cost(model, method, spec.max_channels, layer, explained)

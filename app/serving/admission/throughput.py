@@ -12,6 +12,12 @@ keeps its own numbers, from the Score-CAM and metric batches the worker ran:
   refused on its own (422) only when it could not finish before its deadline even alone at the
   ceiling, so an idle server never refuses work it can do in time.
 
+``best`` is the best of the last RECENT_BATCHES batches, not of all time: one optimistic early
+figure (a GPU batch timed before its kernels ran, a warm-up on an idle machine) would otherwise
+hold the rate at a quarter of it forever, and the waits, ``Retry-After`` and the feasibility of
+deadlines with it (accepted work then ends in 504). A slowdown that lasts longer than the window
+is the device's real pace, and the rate follows it.
+
 A pair with fewer than MIN_BATCHES batches has no ceiling (only the forward budget bounds a
 request on its own). Before its first batch it runs at the pace the worker's warm-up measured
 (``expect``), else borrows the slowest measured rate of its model, else DEFAULT_FORWARDS_PER_S
@@ -20,23 +26,29 @@ request on its own). Before its first batch it runs at the pace the worker's war
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 DEFAULT_FORWARDS_PER_S = 50.0  # before any batch of the model was measured
 DECAY = 0.9
 MAX_SLOWDOWN = 4.0
 HEADROOM = 4.0
 MIN_BATCHES = 5
+RECENT_BATCHES = 32  # ``best`` is over this many last batches (3x the memory of the decayed average)
 
 
 @dataclass
 class Pace:
-    """Decayed sums of one (model, precision) pair's batches."""
+    """Decayed sums of one (model, precision) pair's batches, and its recent single-batch rates."""
 
     forwards: float = 0.0
     seconds: float = 0.0
-    best: float = 0.0
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_BATCHES))
     batches: int = 0
+
+    @property
+    def best(self) -> float:
+        return max(self.recent, default=0.0)
 
     @property
     def rate(self) -> float:
@@ -57,7 +69,7 @@ class Throughput:
         pace = self._paces.setdefault((model, precision), Pace())
         pace.forwards = DECAY * pace.forwards + forwards
         pace.seconds = DECAY * pace.seconds + seconds
-        pace.best = max(pace.best, forwards / seconds)
+        pace.recent.append(forwards / seconds)
         pace.batches += 1
 
     def expect(self, model: str, precision: str, forwards_per_s: float) -> None:
@@ -66,7 +78,9 @@ class Throughput:
         pace = self._paces.get((model, precision))
         if forwards_per_s <= 0 or (pace is not None and pace.batches):
             return
-        self._paces[(model, precision)] = Pace(forwards=forwards_per_s, seconds=1.0, best=forwards_per_s)
+        self._paces[(model, precision)] = Pace(
+            forwards=forwards_per_s, seconds=1.0, recent=deque([forwards_per_s], RECENT_BATCHES)
+        )
 
     def known(self, model: str, precision: str) -> bool:
         """A pace for the pair: measured batches or the warm-up's estimate."""
