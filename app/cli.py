@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--runtime", choices=RUNTIMES, help="masked-forward runtime (overrides SCORECAM_RUNTIME)")
     serve.set_defaults(run=_serve)
 
-    models = sub.add_parser("models", help="list the models and their target layers")
+    models = sub.add_parser("models", help="list the models, their target layers and whether their weights are here")
     models.add_argument("names", nargs="*", metavar="MODEL", help="only these models (default: all registered)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.add_argument("--layers", action="store_true", help="also list every layer that can be targeted")
@@ -130,7 +130,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    """List models with their default target layer; rows print as each model is built."""
+    """List models with their default target layer and where their weights are; rows print as
+    each model is built."""
     from app.models import default_registry
 
     registry = default_registry()
@@ -141,23 +142,45 @@ def _models(args: argparse.Namespace) -> int:
         print(json.dumps({"models": [_describe(registry, n, args.layers) for n in names]}, indent=2))
         return 0
     width = max(len(n) for n in [*names, "MODEL"])
-    print(f"{'MODEL':<{width}}  CLASSES  INPUT  TARGET LAYER", flush=True)
+    print(f"{'MODEL':<{width}}  CLASSES  INPUT  {'WEIGHTS':<9}  TARGET LAYER", flush=True)
+    missing = False
     for name in names:
         row = _describe(registry, name, args.layers)
-        print(f"{name:<{width}}  {row['num_classes']:>7}  {row['input_size']:>5}  {row['target_layer']}", flush=True)
+        weights = row["weights"]
+        shown = "?" if weights is None else weights["source"] if weights["available"] else "missing"
+        missing = missing or shown == "missing"
+        print(f"{name:<{width}}  {row['num_classes']:>7}  {row['input_size']:>5}  {shown:<9}  {row['target_layer']}", flush=True)
         for layer in row.get("layers", []):
-            print(f"{'':<{width}}                  {layer}")
+            print(f"{'':<{width}}  {'':>7}  {'':>5}  {'':<9}  {layer}")
+    if missing:
+        from app.models.weights import hub_dir
+
+        print(
+            f"missing: the weights are not on this machine; put the file in {hub_dir() / 'checkpoints'} (TORCH_HOME), "
+            "or let `scorecam serve` download them (SCORECAM_ALLOW_DOWNLOAD=true); --json lists every place looked at",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _describe(registry: Any, name: str, with_layers: bool) -> dict[str, Any]:
-    """Build one model without weights (no disk, no network) to read its classes and layers."""
+    """Build one model without weights (no disk, no network) to read its classes and layers, and
+    look up where its weights are (the files are neither read nor downloaded)."""
     loaded = registry.load(name, weights=None)
+    found = registry.offline_weights(name)
     row: dict[str, Any] = {
         "name": name,
         "num_classes": len(loaded.labels),
         "input_size": loaded.preprocessing.input_size,
         "target_layer": loaded.default_layer,
+        "weights": None
+        if found is None
+        else {
+            "available": found.available,
+            "source": found.source,
+            "path": None if found.path is None else str(found.path),
+            "looked": list(found.looked),
+        },
     }
     if with_layers:
         row["layers"] = loaded.layer_names()

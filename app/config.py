@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     allow_download: bool = Field(default=False, description="Allow downloading weights that are not local.")
     warmup_max_channels: int = Field(default=8, ge=1, description="Channels of the warm-up explanation.")
     tune_batch_size: bool = Field(default=True, description="Measure the fastest masked batch size at start-up.")
+    startup_cache: bool = Field(
+        default=True,
+        description="Reuse what an earlier start measured for the same model, hardware and libraries (tuned batch "
+        "size, warm-up pace, OpenVINO's agreement with torch), kept under cache_dir; false measures at every start.",
+    )
 
     # Batching
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Largest prediction batch.")

@@ -20,6 +20,7 @@ from app.api.middleware import BodyLimitMiddleware, FramingMiddleware, MetricsMi
 from app.api.openapi import install_schema_limits, mount_docs
 from app.api.routes import explain, health, metrics, models, predict, v2
 from app.api.routes.web import mount_demo_page
+from app.api.v2_stats import ModelStatistics
 from app.config import Settings
 from app.serving.prometheus import ServiceMetrics
 from app.serving.service import ScoreCamService
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, *, model_source: ModelSource | 
     app.state.settings = settings
     app.state.service = service
     app.state.metrics = metrics_
+    app.state.v2_statistics = ModelStatistics.following(service.batches)  # Triton's statistics extension
     install_error_handlers(app)
 
     app.include_router(health.router)

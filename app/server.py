@@ -127,6 +127,7 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         lifespan="on",
         log_level=settings.log_level,
         http=protocol_with_head_timeout(settings.header_timeout_s),
+        loop="asyncio",  # the same event loop wherever uvloop happens to be installed (a dev extra pulls it in)
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=math.ceil(settings.keep_alive_timeout_s),  # whole seconds, as uvicorn takes them
         timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_s) + ANSWER_MARGIN_S,

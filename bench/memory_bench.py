@@ -13,12 +13,15 @@ measures it, which takes minutes on 2 cores). Phases:
   ``peak`` is the HTTP process's VmHWM after it.
 
 Then the worker is killed (SIGKILL) and the time until ``/readyz`` answers 200 again is the
-restart time. Models: the embedded EfficientNet-Lite0 and torchvision's ResNet-50 with random
+restart time (``--restarts N``: N kills in a row, the median and the range reported). Time to
+ready includes batch-size tuning only when no earlier start kept a tuned size for this machine
+(the start-up column says which; ``SCORECAM_STARTUP_CACHE=false`` in the environment always tunes). Models: the embedded EfficientNet-Lite0 and torchvision's ResNet-50 with random
 weights (written once into a temporary torch hub cache, ``TORCH_HOME``, so nothing is downloaded).
 Memory figures are stable; times depend on what else runs on the machine.
 
     python bench/memory_bench.py                      # both models
     python bench/memory_bench.py --models efficientnet_lite0
+    python bench/memory_bench.py --models efficientnet_lite0 --restart-only --restarts 3   # idle, ready and restart only
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class Sample:
 class Run:
     model: str
     ready_s: float = 0.0
-    restart_s: float = 0.0
+    restarts_s: list[float] = field(default_factory=list)
     http_peak: float = 0.0
     samples: dict[tuple[str, str], Sample] = field(default_factory=dict)  # (phase, process) -> sample
     log_notes: list[str] = field(default_factory=list)
@@ -215,7 +218,32 @@ def random_resnet50(torch_home: Path) -> None:
     torch.save(resnet50(weights=None).state_dict(), path)
 
 
-def measure(model: str, env: dict[str, str], explanations: int, max_channels: int) -> Run:
+def restart_time(server: ServerProcess) -> float | None:
+    """SIGKILL the worker; seconds until /readyz answers 200 again (None: no worker found)."""
+    worker = processes(server.pid).get("worker")
+    if worker is None:
+        return None
+    os.kill(worker, signal.SIGKILL)
+    killed = time.monotonic()
+    deadline = killed + 120
+    while time.monotonic() < deadline:  # /readyz turns 503 first (the supervisor notices)
+        if httpx.get(f"{server.url}/readyz", timeout=2).status_code != 200:
+            break
+        time.sleep(0.01)
+    wait_ready(server.url, timeout_s=300)
+    return time.monotonic() - killed
+
+
+def restart_cell(run: Run) -> str:
+    times = sorted(run.restarts_s)
+    if len(times) < 2:
+        return f"{times[0]:.1f} s" if times else "-"
+    return f"{times[len(times) // 2]:.1f} s ({times[0]:.1f}-{times[-1]:.1f}, {len(times)} kills)"
+
+
+def measure(
+    model: str, env: dict[str, str], explanations: int, max_channels: int, restarts: int = 1, restart_only: bool = False
+) -> Run:
     run = Run(model)
     server = ServerProcess(env={**env, "SCORECAM_MODELS": model, "SCORECAM_LOG_LEVEL": "info"})
     started = time.monotonic()
@@ -225,31 +253,20 @@ def measure(model: str, env: dict[str, str], explanations: int, max_channels: in
         run.ready_s = time.monotonic() - started
         time.sleep(1.0)  # let the warm-up's last answers settle
         sample_all(run, "idle", server.pid)
-        photo = photo_jpeg()
-        fields = {"max_channels": str(max_channels), "outputs": "heatmap,overlay"}
-        for _ in range(explanations):
-            explain(server.url, photo, fields)
-        time.sleep(1.0)
-        sample_all(run, f"{explanations} explanations", server.pid)
-        large = jpeg(gradient(*LARGE_SIZE))
-        explain(server.url, large, {"max_channels": str(max_channels), "outputs": "heatmap,overlay,raw"})
-        del large
-        time.sleep(2.0)
-        run.http_peak = vm_hwm(server.pid)
-        sample_all(run, "large", server.pid)
-        worker = processes(server.pid).get("worker")
-        if worker is not None:
-            os.kill(worker, signal.SIGKILL)
-            killed = time.monotonic()
-            deadline = killed + 120
-            while time.monotonic() < deadline:  # /readyz turns 503 first (the supervisor notices)
-                if httpx.get(f"{server.url}/readyz", timeout=2).status_code != 200:
-                    break
-                time.sleep(0.01)
-            wait_ready(server.url, timeout_s=300)
-            run.restart_s = time.monotonic() - killed
+        if not restart_only:
+            load_phases(run, server, explanations, max_channels)
+        for _ in range(restarts):
+            seconds = restart_time(server)
+            if seconds is not None:
+                run.restarts_s.append(seconds)
+                time.sleep(1.0)  # the new worker settles before the next kill
         log = server.log_tail(200_000)
-        for needle in ("converted and compiled", "loaded from cache and compiled", "masked batch sizes measured"):
+        for needle in (
+            "converted and compiled",
+            "loaded from cache and compiled",
+            "masked batch sizes measured",
+            "tuned by an earlier start",
+        ):
             if needle in log:
                 run.log_notes.append(needle)
     except Exception:
@@ -260,8 +277,25 @@ def measure(model: str, env: dict[str, str], explanations: int, max_channels: in
     return run
 
 
+def load_phases(run: Run, server: ServerProcess, explanations: int, max_channels: int) -> None:
+    """The ``explanations`` and ``large`` phases."""
+    photo = photo_jpeg()
+    fields = {"max_channels": str(max_channels), "outputs": "heatmap,overlay"}
+    for _ in range(explanations):
+        explain(server.url, photo, fields)
+    time.sleep(1.0)
+    sample_all(run, f"{explanations} explanations", server.pid)
+    large = jpeg(gradient(*LARGE_SIZE))
+    explain(server.url, large, {"max_channels": str(max_channels), "outputs": "heatmap,overlay,raw"})
+    del large
+    time.sleep(2.0)
+    run.http_peak = vm_hwm(server.pid)
+    sample_all(run, "large", server.pid)
+
+
 def table(runs: list[Run], explanations: int, max_channels: int) -> str:
-    phases = ["idle", f"{explanations} explanations", "large"]
+    measured = {phase for phase, _ in (key for run in runs for key in run.samples)}
+    phases = [p for p in ("idle", f"{explanations} explanations", "large") if p in measured]
     lines = [
         f"# Memory per replica ({cpu_kind()})",
         "",
@@ -285,7 +319,7 @@ def table(runs: list[Run], explanations: int, max_channels: int) -> str:
     lines.append("|---|---:|---:|---:|---|")
     for run in runs:
         lines.append(
-            f"| {run.model} | {run.ready_s:.1f} s | {run.restart_s:.1f} s | {run.http_peak / MB:,.0f} MB | "
+            f"| {run.model} | {run.ready_s:.1f} s | {restart_cell(run)} | {run.http_peak / MB:,.0f} MB | "
             f"{', '.join(run.log_notes) or '-'} |"
         )
     return "\n".join(lines)
@@ -296,6 +330,8 @@ def main() -> int:
     parser.add_argument("--models", default="efficientnet_lite0,resnet50", help="comma-separated (default: both)")
     parser.add_argument("--explanations", type=int, default=20)
     parser.add_argument("--max-channels", type=int, default=32, help="Score-CAM channels per explanation (default 32)")
+    parser.add_argument("--restarts", type=int, default=1, help="worker kills in a row (default 1)")
+    parser.add_argument("--restart-only", action="store_true", help="skip the explanations and the large request")
     parser.add_argument("--tune-resnet50", action="store_true", help="measure ResNet-50's batch size at start (minutes)")
     args = parser.parse_args()
     env = {
@@ -313,7 +349,7 @@ def main() -> int:
                 if not args.tune_resnet50:  # measuring 4 batch sizes of ResNet-50 takes minutes on 2 cores
                     model_env["SCORECAM_TUNE_BATCH_SIZE"] = "false"
             try:
-                runs.append(measure(model, model_env, args.explanations, args.max_channels))
+                runs.append(measure(model, model_env, args.explanations, args.max_channels, args.restarts, args.restart_only))
             except Exception as exc:  # noqa: BLE001 - the other model's figures still print
                 print(f"{model}: failed: {exc}", file=sys.stderr, flush=True)
                 continue

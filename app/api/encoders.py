@@ -14,10 +14,13 @@ from app.api.schemas import (
     ModelEntry,
     PredictionOut,
     PredictResponse,
+    PreprocessingInfo,
     RawMapOut,
     StatsOut,
     TimingOut,
+    ViewOut,
 )
+from app.imaging.views import ImageViews, ViewUsed
 from app.protocol.messages import ModelInfo
 from app.serving.outcomes import ExplainOutcome, Prediction, PredictOutcome, Timing
 from app.serving.requests import ExplainSpec
@@ -40,6 +43,20 @@ def timing_out(timing: Timing) -> TimingOut:
     )
 
 
+def view_out(view: ViewUsed) -> ViewOut:
+    return ViewOut(view=view.view, box=[round(v, 2) for v in view.box])
+
+
+def preprocessing_info(views: ImageViews) -> PreprocessingInfo:
+    return PreprocessingInfo(
+        resize_size=views.resize_size,
+        input_size=views.input_size,
+        interpolation=views.interpolation,
+        mean=list(views.mean),
+        std=list(views.std),
+    )
+
+
 def predict_response(outcome: PredictOutcome) -> PredictResponse:
     return PredictResponse(
         model=outcome.model,
@@ -47,6 +64,7 @@ def predict_response(outcome: PredictOutcome) -> PredictResponse:
         height=outcome.height,
         predictions=predictions_out(outcome.predictions),
         timing_ms=timing_out(outcome.timing),
+        preprocessing=view_out(outcome.view),
     )
 
 
@@ -54,7 +72,12 @@ def model_entry(model: ModelInfo) -> ModelEntry:
     """A served model as /v1/models describes it."""
     shared = {name: getattr(model, name) for name in ("name", "device", "precision", "runtime", "input_size", "num_classes")}
     layers = {"layers": list(model.layers), "recipro_layers": list(model.recipro_layers)}
-    return ModelEntry.model_validate({**shared, **layers, "default": model.is_default, "target_layer": model.default_layer})
+    described = {
+        "default": model.is_default,
+        "target_layer": model.default_layer,
+        "preprocessing": preprocessing_info(model.preprocessing),
+    }
+    return ModelEntry.model_validate({**shared, **layers, **described})
 
 
 def explain_response(outcome: ExplainOutcome, explanations: list[Explanation]) -> ExplainResponse:
@@ -65,6 +88,7 @@ def explain_response(outcome: ExplainOutcome, explanations: list[Explanation]) -
         layer=outcome.layer,
         width=outcome.width,
         height=outcome.height,
+        preprocessing=view_out(outcome.view) if outcome.view is not None else None,
         predictions=predictions_out(outcome.predictions),
         explanations=[
             ExplanationOut(

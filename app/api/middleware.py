@@ -6,7 +6,7 @@ ever held in memory; either 413 closes the connection, so the rest of the upload
 It also answers 408 (and closes) when the body stops coming for ``body_timeout_s``.
 ``FramingMiddleware`` refuses a request that carries both Content-Length and Transfer-Encoding
 (RFC 9112 section 6.3: the framing is ambiguous, the classic request-smuggling vector) with 400 and
-a closed connection. ``MetricsMiddleware`` counts requests by route template and status.
+a closed connection. ``MetricsMiddleware`` counts requests by route template, status and model.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import PROTOCOL_PREFIX, BodyTimeout, error_body, shorten
 from app.errors import ImageTooLarge
-from app.serving.prometheus import ServiceMetrics
+from app.serving.prometheus import ServiceMetrics, labelling_request
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -163,10 +163,12 @@ class MetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            self.metrics.observe_request(route_template(scope), scope["method"], status, time.monotonic() - started)
+        with labelling_request() as labels:  # the catalog names the model when the request resolves one
+            try:
+                await self.app(scope, receive, recording_send)
+            finally:
+                seconds = time.monotonic() - started
+                self.metrics.observe_request(route_template(scope), scope["method"], status, seconds, labels.model)
 
 
 def route_template(scope: Scope) -> str:
@@ -174,8 +176,10 @@ def route_template(scope: Scope) -> str:
 
     The matched route may belong to a router included under a prefix, so its own template lacks
     the prefix: the prefix is the part of the concrete path before what the route matched.
+    Starlette's own routes (/openapi.json) and mounts (/static/{path}, the docs' assets) do not
+    record themselves in the scope as FastAPI's do: they are found by the endpoint they matched.
     """
-    route = scope.get("route")
+    route = scope.get("route") or _starlette_route(scope)
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
     regex = getattr(route, "path_regex", None)
     if not template or regex is None:
@@ -185,3 +189,14 @@ def route_template(scope: Scope) -> str:
         if regex.match(path[cut:]):
             return path[:cut] + template
     return str(template)
+
+
+def _starlette_route(scope: Scope) -> object | None:
+    """The app's plain Route or Mount whose endpoint (a Mount's: its app) served the request."""
+    endpoint = scope.get("endpoint")
+    if endpoint is None:
+        return None
+    for route in getattr(scope.get("app"), "routes", ()):
+        if getattr(route, "endpoint", None) is endpoint or getattr(route, "app", None) is endpoint:
+            return route
+    return None

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.methods import MethodName, Precision, TorchPrecision, Weighting
+from app.serving.requests import Crop
 
 MIN_PARTIAL_MAPS_EVERY = 0.01  # a partial map costs a host copy of every class's map: at most 100 per request
 
@@ -84,6 +85,16 @@ class ExplainOptions(BaseModel):
         ),
     )
 
+    crop: Crop = Field(
+        default="none",
+        description=(
+            "none: the whole image, squeezed to the model's input size; the maps have the upload's size. "
+            "center: /v1/predict's exact view (shorter side resized, centre crop): the same scores as "
+            "/v1/predict, and the maps cover the crop only, at the model's input size (preprocessing.box "
+            "says where it lies in the upload)."
+        ),
+    )
+
     @field_validator("classes")
     @classmethod
     def _classes_non_negative(cls, value: list[int] | None) -> list[int] | None:
@@ -133,6 +144,19 @@ class ReadyResponse(BaseModel):
     models: list[str] = []
 
 
+class PreprocessingInfo(BaseModel):
+    """What a model expects of an image: what /v1 and /v2 do to uploads, and an FP32 tensor must have had done."""
+
+    resize_size: int = Field(description="The shorter side is resized to this ...", examples=[256])
+    input_size: int = Field(description="... then the centre input_size x input_size is cropped.", examples=[224])
+    interpolation: str = Field(description="Resampling of the resize (Pillow's filter).", examples=["bicubic"])
+    mean: list[float] = Field(
+        description="Per channel (R, G, B), subtracted from the pixels scaled to [0, 1] ...", examples=[[0.5] * 3]
+    )
+    std: list[float] = Field(description="... and the result divided by these.", examples=[[0.5] * 3])
+    layout: Literal["NCHW"] = Field(default="NCHW", description="Tensor layout: batch, channels (RGB), height, width.")
+
+
 class ModelEntry(BaseModel):
     name: str = Field(examples=["efficientnet_lite0"])
     default: bool
@@ -146,6 +170,7 @@ class ModelEntry(BaseModel):
     recipro_layers: list[str] = Field(
         default=[], description="Layers method=recipro-cam can explain (the network after them runs alone).", examples=[["bn2"]]
     )
+    preprocessing: PreprocessingInfo
 
 
 class ModelList(BaseModel):
@@ -169,12 +194,25 @@ class TimingOut(BaseModel):
     total_ms: float
 
 
+class ViewOut(BaseModel):
+    """The view of the upload the model saw (a small note: the same photo gives other scores in another view)."""
+
+    view: Literal["center-crop", "full"] = Field(
+        description="center-crop: the shorter side resized, the centre cropped (/v1/predict, explain's crop=center); "
+        "full: the whole image squeezed to the input size (explain's default)."
+    )
+    box: list[float] = Field(
+        description="[left, top, right, bottom] of the region seen, in the upload's pixels.", examples=[[37.5, 0.0, 262.5, 225.0]]
+    )
+
+
 class PredictResponse(BaseModel):
     model: str
     width: int
     height: int
     predictions: list[PredictionOut]
     timing_ms: TimingOut
+    preprocessing: ViewOut
 
 
 class RawMapOut(BaseModel):
@@ -223,8 +261,9 @@ class ExplainResponse(BaseModel):
     model: str
     method: Method
     layer: str
-    width: int
+    width: int = Field(description="Of the maps: the upload's, or the model's input size with crop=center.")
     height: int
+    preprocessing: ViewOut | None = None
     predictions: list[PredictionOut] = Field(description="Top-5 classes.")
     explanations: list[ExplanationOut]
     stats: StatsOut

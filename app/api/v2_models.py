@@ -4,7 +4,7 @@ Every served model ``<name>`` is a classifier: input ``image`` (BYTES [N], encod
 or ``input`` (FP32 [N, 3, S, S], preprocessed), output ``probabilities`` (FP32 [N, C]; with
 Triton's ``classification`` parameter, BYTES [N, k] "score:index:label"). Each also serves
 ``<name>.scorecam``, an explainer: input ``image``, request parameters as /v1/explain's options,
-outputs ``heatmap`` (FP32 [N, K, H, W], the image's size), ``class_index`` (INT64 [N, K]) and
+outputs ``heatmap`` (FP32 [N, K, H, W], the image's size; S x S with ``crop=center``), ``class_index`` (INT64 [N, K]) and
 ``score`` (FP32 [N, K]). Both run through the same service calls (and batches) as /v1.
 
 /v1's limits hold per request here, not per image: SCORECAM_MAX_MEGAPIXELS for all the images of
@@ -31,6 +31,7 @@ from app.api.v2_tensors import OutputTensor, Tensor
 from app.config import Settings
 from app.errors import InvalidOption, UnknownModel
 from app.imaging.render import resize_map
+from app.imaging.views import ImageViews
 from app.protocol.messages import ModelInfo
 from app.serving.outcomes import ExplainOutcome
 from app.serving.requests import Demand
@@ -39,11 +40,12 @@ from app.version import VERSION
 
 T = TypeVar("T")
 EXPLAINER = ".scorecam"
+MODEL_VERSION = "1"  # Triton's integer versions: a model has one, the one the image serves (VERSION is the service's)
 PROTOCOL_PARAMETERS = frozenset({"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"})
 # /v1/explain's options that a tensor answer can honour, named one by one so that a new /v1 option
 # is not taken silently: the model is in the path, outputs are tensors, and metrics and partial maps
 # need /v1's JSON and event stream.
-EXPLAIN_PARAMETERS = frozenset({"method", "classes", "top_k", "layer", "precision", "weighting", "max_channels"})
+EXPLAIN_PARAMETERS = frozenset({"method", "classes", "top_k", "layer", "precision", "weighting", "max_channels", "crop"})
 ONE_SIZE = "the images of one explain request must have one size (the heatmaps form one tensor)"
 
 
@@ -67,11 +69,26 @@ def resolve(service: ScoreCamService, name: str) -> tuple[ModelInfo, bool]:
         raise UnknownModel(name, served_names(service)) from None
 
 
+def preprocessing_parameters(views: ImageViews) -> dict[str, Any]:
+    """What the service does to an image, and an FP32 ``input`` must have had done: the shorter side
+    resized to ``resize_size`` (``interpolation``), the centre ``input_size`` cropped, pixels scaled to
+    [0, 1], then ``(x - mean) / std`` per channel (R, G, B), laid out NCHW."""
+    triple = lambda values: ",".join(f"{v:g}" for v in values)
+    return {
+        "resize_size": views.resize_size,
+        "interpolation": views.interpolation,
+        "mean": triple(views.mean),
+        "std": triple(views.std),
+        "layout": "NCHW",
+    }
+
+
 def metadata(service: ScoreCamService, name: str) -> ModelMetadata:
     model, explainer = resolve(service, name)
     size, classes = model.input_size, model.num_classes
     image = TensorMetadata(name="image", datatype="BYTES", shape=[-1])
     parameters: dict[str, Any] = {"input_size": size, "num_classes": classes, "device": model.device}
+    parameters.update(preprocessing_parameters(model.preprocessing), service_version=VERSION)
     if explainer:
         parameters.update(target_layer=model.default_layer, options=",".join(sorted(EXPLAIN_PARAMETERS)))
         outputs = [
@@ -80,11 +97,13 @@ def metadata(service: ScoreCamService, name: str) -> ModelMetadata:
             TensorMetadata(name="score", datatype="FP32", shape=[-1, -1]),
         ]
         return ModelMetadata(
-            name=name, versions=[VERSION], platform="scorecam", inputs=[image], outputs=outputs, parameters=parameters
+            name=name, versions=[MODEL_VERSION], platform="scorecam", inputs=[image], outputs=outputs, parameters=parameters
         )
     inputs = [image, TensorMetadata(name="input", datatype="FP32", shape=[-1, 3, size, size])]
     outputs = [TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, classes])]
-    return ModelMetadata(name=name, versions=[VERSION], platform="pytorch", inputs=inputs, outputs=outputs, parameters=parameters)
+    return ModelMetadata(
+        name=name, versions=[MODEL_VERSION], platform="pytorch", inputs=inputs, outputs=outputs, parameters=parameters
+    )
 
 
 async def infer(
@@ -197,13 +216,16 @@ async def explain(
     check_request_demand(service, plan.demand, tensor.shape[0])
     limits = image_limits(settings)
     images = await asyncio.to_thread(read_headers, tensor, limits)
-    if len({tuple(sorted(size)) for size in images.sizes}) > 1:  # EXIF orientation may only swap the sides
+    cropped = options.crop == "center"  # every map covers its image's centre crop, at the model's input size
+    if not cropped and len({tuple(sorted(size)) for size in images.sizes}) > 1:  # EXIF orientation may only swap the sides
         raise InvalidOption(ONE_SIZE)
     answered = not request.outputs or any(o.name == "heatmap" for o in request.outputs)
     as_json = answered and not binary_output("heatmap", request)
-    check_heatmap_size(images.sizes, plan.explained, as_json, settings.max_output_pixels)
+    size = plan.model.input_size
+    map_sizes = [(size, size)] * len(images.sizes) if cropped else images.sizes
+    check_heatmap_size(map_sizes, plan.explained, as_json, settings.max_output_pixels)
     decoded = [image async for image in decoded_one_by_one(images.files, limits)]
-    if len({image.size for image in decoded}) > 1:
+    if not cropped and len({image.size for image in decoded}) > 1:
         raise InvalidOption(ONE_SIZE)
     outcomes = await all_or_none(service.explain(image, plan) async for image in each(decoded))
     return await asyncio.to_thread(explanation_outputs, outcomes)

@@ -66,6 +66,8 @@ class InferenceModel:
             ``Calibration.default(input_size)``: scikit-image's photos, ImageNet normalisation, the
             last spatial layer; pass ``Calibration.from_photos(preprocessing.eval_tensor, layer)``
             for the model's own preprocessing and target layer).
+        runtime_threads: threads of a runtime with its own pool (OpenVINO); default: torch's
+            thread count when the model is built.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class InferenceModel:
         cache_dir: Path | str | None = None,
         label: str | None = None,
         calibration: Calibration | None = None,
+        runtime_threads: int | None = None,
     ) -> None:
         check_runtime_name(runtime)
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
@@ -107,7 +110,9 @@ class InferenceModel:
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         name = label or type(module).__name__
         int8 = (calibration or Calibration.default(input_size)) if self.int8_requested else None
-        self.runtime: Runtime = choose_runtime(runtime, self.torch_runtime, input_size, cache, name, int8=int8)
+        self.runtime: Runtime = choose_runtime(
+            runtime, self.torch_runtime, input_size, cache, name, int8=int8, threads=runtime_threads
+        )
         if self.int8_requested and not self.runtime.accepts(self._probe(), "int8"):
             log.warning(
                 "precision int8 for %s is not served (the log above says why): fp32 serves it on %s", name, self.runtime.name

@@ -65,8 +65,7 @@ class DeviceHost:
 
     def warm_up(self) -> list[ModelInfo]:
         """Load, tune and warm every model; what the HTTP process needs to know about them."""
-        c = self.config
-        seconds, rates = warm_up(self.store, c.warmup_max_channels, c.tune_batch_size, c.explain_batch_size, c.batch_sizes)
+        seconds, rates = warm_up(self.store, self.config)
         return [self._info(model, seconds.get(model.name, 0.0), rates.get(model.name)) for model in self.store.all()]
 
     def _info(self, model: ServedModel, warmup_s: float, forwards_per_s: float | None = None) -> ModelInfo:

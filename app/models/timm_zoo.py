@@ -30,7 +30,7 @@ from app.models.labels import default_labels
 from app.models.layers import feature_layer
 from app.models.loaded import LoadedModel
 from app.models.preprocessing import INTERPOLATIONS, Preprocessing
-from app.models.weights import WeightsArg, explicit_path, hub_checkpoint_path, not_found
+from app.models.weights import OfflineWeights, WeightsArg, explicit_path, hub_checkpoint_path, hub_dir, not_found
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,13 @@ class TimmEntry:
     """Registry entry of one timm model; ``name`` carries the prefix."""
 
     name: str
+
+    def offline_weights(self) -> OfflineWeights:
+        """What ``build`` would load without a download: the torch hub or Hugging Face cache."""
+        cfg = timm.models.get_pretrained_cfg(model_name(self.name))
+        path, looked = cached_weights(cfg.to_dict() if cfg else {})
+        source = "torch-hub" if path is not None and path.is_relative_to(hub_dir()) else "hf-cache"
+        return OfflineWeights(path, source, tuple(looked))
 
     def load(self, weights: WeightsArg = "default", allow_download: bool = False) -> LoadedModel:
         module = build(self.name, weights, allow_download)

@@ -26,12 +26,14 @@ from app.models.layers import feature_layer
 from app.models.loaded import LoadedModel
 from app.models.preprocessing import Preprocessing
 from app.models.weights import (
+    OfflineWeights,
     WeightsArg,
     explicit_path,
     hub_checkpoint_path,
     load_into,
     load_state_dict,
     not_found,
+    weights_file,
 )
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,10 @@ class TorchvisionEntry:
     """Registry entry of one torchvision classifier (ImageNet-1k weights)."""
 
     name: str
+
+    def offline_weights(self) -> OfflineWeights:
+        """The torch hub cache's copy of the default weights' URL (where ``load`` reads them)."""
+        return weights_file(hub_checkpoint_path(default_weights(self.name).url), "torch-hub")
 
     def load(self, weights: WeightsArg = "default", allow_download: bool = False) -> LoadedModel:
         module = build(self.name)

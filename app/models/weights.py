@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,6 +33,25 @@ def explicit_path(weights: WeightsArg) -> Path | None:
     if not path.is_file():
         raise WeightsNotFound(f"weights file {path} does not exist (or is not a file)")
     return path
+
+
+@dataclass(frozen=True)
+class OfflineWeights:
+    """Where a model's default weights are on this machine, found without network and without
+    reading them (``scorecam models`` shows it; a load looks in the same places)."""
+
+    path: Path | None  # None: nowhere offline, so a load needs a download or a file put in place
+    source: str  # where they come from: "package", "torch-hub", "hf-cache", "file"
+    looked: tuple[str, ...] = ()  # every place looked at
+
+    @property
+    def available(self) -> bool:
+        return self.path is not None
+
+
+def weights_file(path: Path, source: str) -> OfflineWeights:
+    """``path`` when the file is there (it is not opened)."""
+    return OfflineWeights(path if path.is_file() else None, source, (str(path),))
 
 
 def hub_dir() -> Path:

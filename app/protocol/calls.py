@@ -8,7 +8,8 @@ and the worker dispatches on the message's class, not on a method name it looks 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Generic, TypeVar
@@ -94,6 +95,14 @@ def worker_entry() -> Callable[..., None]:
     return serve
 
 
-def run_worker(conn: Connection, *args: object) -> None:
-    """The worker process's target: a picklable function of this module that runs the device side."""
+def run_worker(conn: Connection, environ: Mapping[str, str], *args: object) -> None:
+    """The worker process's target: a picklable function of this module that runs the device side.
+
+    ``environ`` is the HTTP process's environment when it started this worker: a fork server's
+    children inherit the fork server's environment, frozen when the first worker started, so a
+    variable set since (a ``SCORECAM_*`` override, a test's) would otherwise not reach a new
+    worker. What the preload read at import (torch's thread variables) stays as it was then.
+    """
+    os.environ.clear()
+    os.environ.update(environ)
     worker_entry()(conn, *args)

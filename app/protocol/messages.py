@@ -8,7 +8,7 @@ tensors), maps and probabilities come back as float32 arrays.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,8 @@ class WorkerConfig:
     warmup_max_channels: int
     custom_models: tuple[str, ...] = ()  # bring-your-own model configs (JSON files)
     log_level: str = "info"
+    forwards_per_s: dict[str, float] = field(default_factory=dict)  # an earlier worker's warm-up pace: not timed again
+    startup_cache: bool = True  # reuse what an earlier start on this hardware measured (cached under cache_dir)
 
 
 @dataclass(frozen=True)

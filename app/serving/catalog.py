@@ -11,6 +11,7 @@ import threading
 
 from app.errors import UnknownModel
 from app.protocol.messages import ModelInfo
+from app.serving.prometheus import label_model
 
 
 class ModelCatalog:
@@ -44,6 +45,7 @@ class ModelCatalog:
             model = self._models.get(key)
         if model is None:
             raise UnknownModel(key, self.names)
+        label_model(key)  # every request that names a model, or takes the default, resolves it here
         return model
 
     def all(self) -> list[ModelInfo]:

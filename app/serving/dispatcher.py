@@ -149,9 +149,7 @@ class Dispatcher:
     def step(self) -> None:
         """Drop expired and cancelled work, then serve the next lane."""
         self._purge(time.monotonic())
-        self.metrics.set_queue(self.queue.depth(), self.queue.pending_forwards())
         lane = self.queue.next_lane(IDLE_WAKE_S)
-        self.metrics.set_queue(self.queue.depth(), self.queue.pending_forwards())
         if lane is None:
             return
         kind, model = lane

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.imaging.views import ViewUsed
 from app.methods import MethodName
 from app.protocol.messages import ModelInfo
 
@@ -50,6 +51,7 @@ class PredictOutcome:
     height: int
     predictions: list[Prediction]
     timing: Timing
+    view: ViewUsed  # the part of the upload the model saw
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class ExplainOutcome:
     stats: CamStats
     timing: Timing
     request_id: str = field(default="")
+    view: ViewUsed | None = None  # the part of the upload the maps cover
 
 
 def top_predictions(model: ModelInfo, probabilities: np.ndarray, k: int) -> list[Prediction]:

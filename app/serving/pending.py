@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from app.imaging.views import ViewUsed
 from app.serving.admission.planning import ExplainPlan
 from app.serving.outcomes import ExplainedClass, ExplainOutcome, Timing, top_predictions
 from app.serving.work import ExplainOutput, WorkItem
@@ -20,12 +21,15 @@ PREDICTIONS_IN_EXPLAIN = 5
 class PendingExplanation:
     """Await ``outcome()`` for the maps, ``cancel()`` to drop the work."""
 
-    def __init__(self, service: ScoreCamService, item: WorkItem, plan: ExplainPlan, image: Image.Image, started: float) -> None:
+    def __init__(
+        self, service: ScoreCamService, item: WorkItem, plan: ExplainPlan, image: Image.Image, started: float, view: ViewUsed
+    ) -> None:
         self.service = service
         self.item = item
         self.plan = plan
-        self.image = image
+        self.image = image  # what the maps cover: the upload, or its centre crop at the model's input size
         self.started = started
+        self.view = view
 
     @property
     def request_id(self) -> str:
@@ -53,4 +57,5 @@ class PendingExplanation:
             stats=job.results[0].stats,
             timing=Timing(output.queue_ms, output.compute_ms, (time.monotonic() - self.started) * 1000.0),
             request_id=self.item.request_id,
+            view=self.view,
         )

@@ -94,6 +94,15 @@ class RequestQueue:
         with self.cond:
             return len(self._open)
 
+    def load_by_model(self) -> dict[str, tuple[int, int]]:
+        """Open requests and the forwards they still need, by model (the queue gauges)."""
+        load: dict[str, tuple[int, int]] = {}
+        with self.cond:
+            for item in self._open.values():
+                requests, forwards = load.get(item.model, (0, 0))
+                load[item.model] = (requests + 1, forwards + item.remaining)
+        return load
+
     def retry_after_s(self) -> int:
         with self.cond:
             return self._retry_after()

@@ -4,9 +4,12 @@ any request puts on the queue (its forward passes and the pace they run at)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from app.explanations import DEFAULT_STEP
 from app.methods import MethodName, Precision, Weighting
+
+Crop = Literal["none", "center"]  # an explanation's view: the whole image, or the centre crop /v1/predict sees
 
 # The queue's lanes: items of one lane (and one model) may share a batch.
 PREDICT_LANE = "predict"  # predictions, batched together
@@ -34,6 +37,7 @@ class ExplainSpec:
     metrics_step: float = DEFAULT_STEP
     partial_maps: bool = False  # Score-CAM's map so far in the event stream's progress events
     partial_maps_every: float = 0.1  # ... each time this fraction of the forwards is done
+    crop: Crop = "none"  # center: /v1/predict's view (centre crop), else the whole image squeezed
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ PREDICT = Demand(PREDICT_LANE)
 # Settings the worker process takes under the same name (app/protocol/messages.py WorkerConfig)
 WORKER_SETTINGS = (
     "device", "precision", "runtime", "cache_dir", "allow_download", "explain_batch_size",
-    "tune_batch_size", "warmup_max_channels", "log_level",
+    "tune_batch_size", "warmup_max_channels", "log_level", "startup_cache",
 )  # fmt: skip  # the cheapest work: what an overloaded service refuses first
 
 
@@ -60,6 +60,7 @@ class ScoreCamService:
         self.batches = BatchFeed()  # every batch the worker runs: the queue's paces and the metrics
         self.batches.subscribe(self.queue.observe_batch)
         self.batches.subscribe(metrics.observe_batch)
+        metrics.watch_queue(self.queue.load_by_model, self.catalog.names)
         self.supervisor = Supervisor(self.queue, metrics, self._make_dispatcher, settings.worker_hang_timeout_s)
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -72,6 +73,7 @@ class ScoreCamService:
             models=tuple(self.catalog.names),
             default=self.catalog.default,
             batch_sizes=self.catalog.batch_sizes(),
+            forwards_per_s={info.name: info.forwards_per_s for info in self.catalog.all() if info.forwards_per_s},
             custom_models=tuple(s.custom_models),
             **alike,
         )
@@ -102,6 +104,7 @@ class ScoreCamService:
     def _warmed(self, infos: list[ModelInfo], pid: int | None) -> None:
         """A (re)started worker's models are warm: describe them, seed their paces (dispatcher thread)."""
         self.catalog.update(infos)
+        self.metrics.watch_worker(pid)
         for info in infos:
             if info.forwards_per_s:
                 self.queue.expect_pace(info.name, info.precision, info.forwards_per_s)
@@ -198,7 +201,9 @@ class ScoreCamService:
         pixels = await resized_pixels(model.preprocessing.eval_image, image)
         output = await self._run_prediction(model.name, pixels)
         timing = Timing(output.queue_ms, output.compute_ms, (time.monotonic() - started) * 1000.0)
-        return PredictOutcome(model.name, image.width, image.height, top_predictions(model, output.probabilities, top_k), timing)
+        predictions = top_predictions(model, output.probabilities, top_k)
+        view = model.preprocessing.view_used("center-crop", image.width, image.height)
+        return PredictOutcome(model.name, image.width, image.height, predictions, timing, view)
 
     async def predict_probabilities(self, source: Image.Image | np.ndarray, model_name: str | None) -> np.ndarray:
         """Every class probability [C] of an image, or of a preprocessed input [3, S, S] (the Open
@@ -238,11 +243,17 @@ class ScoreCamService:
         here); await the returned ``outcome()`` for its maps, or ``cancel()`` it."""
         started = time.monotonic()
         self._ensure_serving()
+        views = plan.model.preprocessing
+        if plan.spec.crop == "center":  # /v1/predict's very pixels: the maps cover the crop, at the input size
+            view = views.view_used("center-crop", image.width, image.height)
+            image = await asyncio.to_thread(views.eval_image, image)
+        else:
+            view = views.view_used("full", image.width, image.height)
         check_output_size(image.width, image.height, plan.explained, len(plan.spec.outputs), self.settings.max_output_pixels)
-        pixels = await resized_pixels(plan.model.preprocessing.full_image, image)
+        pixels = await resized_pixels(views.full_image, image)  # an image of the input's size passes untouched
         item = self._item(plan.demand, pixels, plan, progress)
         self._submit(item)
-        return PendingExplanation(self, item, plan, image, started)
+        return PendingExplanation(self, item, plan, image, started, view)
 
     # ---- the queue -----------------------------------------------------------------------
 
@@ -256,7 +267,6 @@ class ScoreCamService:
 
     def _submit(self, item: WorkItem) -> None:
         self._counting_refusals(lambda: self.queue.submit(item))
-        self.metrics.set_queue(self.queue.depth(), self.queue.pending_forwards())
 
     def _counting_refusals(self, admit: Callable[[], None]) -> None:
         """Run an admission step; count a refusal by reason in the metrics and re-raise it."""

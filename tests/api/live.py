@@ -23,7 +23,16 @@ def free_port() -> int:
 def uvicorn_thread(app: FastAPI) -> Iterator[str]:
     """Serve ``app`` in a thread; yields the base URL once the worker is ready."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        lifespan="on",
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        loop="asyncio",
+        http="h11",
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()

@@ -77,6 +77,6 @@ async def test_deadline_while_running_and_while_queued(cat_png: bytes, gate: Gat
 
 
 def queue_gauge(metrics: str) -> float:
-    """scorecam_queue_requests from a /metrics answer."""
-    [line] = [line for line in metrics.splitlines() if line.startswith("scorecam_queue_requests ")]
+    """scorecam_queue_requests of the tiny model from a /metrics answer."""
+    [line] = [line for line in metrics.splitlines() if line.startswith('scorecam_queue_requests{model="tiny"} ')]
     return float(line.split()[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -39,6 +40,7 @@ async def test_multipart_explanation_has_the_photos_size(cat_png: bytes) -> None
     assert body["stats"]["channels"] == CHANNELS
     assert body["stats"]["masked_forwards"] + body["stats"]["channels_skipped"] == CHANNELS
     assert set(body["timing_ms"]) == {"queue_ms", "compute_ms", "total_ms"}
+    assert body["preprocessing"] == {"view": "full", "box": [0.0, 0.0, 451.0, 300.0]}
 
 
 async def test_json_form_with_classes_and_raw(cat_png: bytes) -> None:
@@ -124,3 +126,36 @@ async def test_invalid_options_say_what_is_valid(cat_png: bytes, data: dict[str,
     error = response.json()["error"]
     assert error["code"] == code
     assert hint in error["message"]
+
+
+async def test_crop_center_explains_predicts_exact_view(cat_png: bytes) -> None:
+    """/v1/predict centre-crops, /v1/explain squeezes the whole photo: two views, two scores, each answer
+    names its view; crop=center explains predict's view, so the scores agree and the maps cover the crop."""
+    upload = {"image": ("cat.png", cat_png, "image/png")}
+    async with serving(tiny_app()) as client:
+        predicted = (await client.post("/v1/predict", files=upload, data={"top_k": str(NUM_CLASSES)})).json()
+        full = (await client.post("/v1/explain", files=upload, data={"max_channels": "4"})).json()
+        data = {"max_channels": "4", "crop": "center", "outputs": "heatmap,overlay,raw"}
+        cropped = (await client.post("/v1/explain", files=upload, data=data)).json()
+        streamed = await client.post("/v1/explain", files=upload, data=data, headers={"Accept": "text/event-stream"})
+        refused = await client.post("/v1/explain", files=upload, data={"crop": "left"})
+    # tiny's view: 451 x 300 resized to 54 x 36 (shorter side 36), centre 32 x 32 from (11, 2)
+    box = pytest.approx([11 * 451 / 54, 2 * 300 / 36, 43 * 451 / 54, 34 * 300 / 36], abs=0.01)
+    assert predicted["preprocessing"] == {"view": "center-crop", "box": box}
+    assert cropped["preprocessing"] == {"view": "center-crop", "box": box}
+    assert full["preprocessing"]["view"] == "full"
+    scores = {p["class_index"]: p["score"] for p in predicted["predictions"]}
+    assert [p["score"] for p in cropped["predictions"]] == pytest.approx(
+        [scores[p["class_index"]] for p in cropped["predictions"]], abs=1e-5
+    )
+    assert cropped["explanations"][0]["score"] == pytest.approx(scores[cropped["explanations"][0]["class_index"]], abs=1e-5)
+    assert abs(full["explanations"][0]["score"] - scores[full["explanations"][0]["class_index"]]) > 1e-4  # the other view
+    assert (cropped["width"], cropped["height"]) == (INPUT_SIZE, INPUT_SIZE)
+    explanation = cropped["explanations"][0]
+    assert png_of(explanation["heatmap_png"]).size == png_of(explanation["overlay_png"]).size == (INPUT_SIZE, INPUT_SIZE)
+    assert explanation["raw"]["shape"] == [INPUT_SIZE, INPUT_SIZE]
+    result = [
+        json.loads(line[5:]) for line in streamed.text.splitlines() if line.startswith("data:") and '"explanations"' in line
+    ]
+    assert result[0]["preprocessing"]["view"] == "center-crop" and result[0]["width"] == INPUT_SIZE
+    assert refused.status_code == 422 and "center" in refused.json()["error"]["message"]

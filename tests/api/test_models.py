@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from app.api.encoders import preprocessing_info
+from app.imaging.views import IMAGENET_MEAN, IMAGENET_STD
+from app.models.embedded import PREPROCESSING
+
 from .conftest import serving, tiny_app
 from .tinynet import INPUT_SIZE, LAYER, NUM_CLASSES
 
@@ -27,9 +31,24 @@ async def test_list_and_get() -> None:
         "target_layer": LAYER,
         "layers": first["layers"],
         "recipro_layers": [LAYER],
+        "preprocessing": {
+            "resize_size": 36,
+            "input_size": INPUT_SIZE,
+            "interpolation": "bilinear",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "layout": "NCHW",
+        },
     }
     assert LAYER in first["layers"]
     assert one["name"] == "tiny2" and one["default"] is False
+
+
+def test_the_embedded_models_preprocessing_is_published_as_it_is() -> None:
+    """mean = std = 0.5 and bicubic: ImageNet's usual values would give other scores without an error."""
+    info = preprocessing_info(PREPROCESSING)
+    assert (info.resize_size, info.input_size, info.interpolation) == (256, 224, "bicubic")
+    assert info.mean == info.std == [0.5, 0.5, 0.5] and info.layout == "NCHW"
 
 
 async def test_labels_list_every_class_name() -> None:

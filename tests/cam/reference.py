@@ -1,8 +1,10 @@
 """Independent references for the CAM tests and the benchmark: plain float64 loops.
 
 Written from the paper and the official code (haofanwang/Score-CAM, cam/scorecam.py), one
-channel at a time, with no batching, no folding and no channel de-duplication, so that the
-engine's shortcuts are checked against the definition rather than against themselves.
+channel at a time, with no folding and no channel de-duplication, so that the engine's shortcuts
+are checked against the definition rather than against themselves. The masked inputs go through
+the float64 model ``CHUNK`` at a time: in eval mode a row's logits depend on that row only, and a
+float64 forward of one row costs 1.4x a row of eight (EfficientNet-Lite0, 2 cores).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+CHUNK = 8  # masked inputs per float64 forward
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -44,21 +48,24 @@ def reference_score_cam(
         class_index = int(logits.argmax())
     acts = store[0][0]
     height, width = x.shape[-2:]
-    scores, maps = [], []
+    masks, maps = [], []
+    for k in range(acts.shape[0]):
+        up = F.interpolate(acts[k][None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        span = up.max() - up.min()
+        if acts[k].max() == acts[k].min():
+            if skip_constant:
+                continue
+            mask = torch.zeros_like(up)
+        else:
+            mask = (up - up.min()) / span
+        masks.append(mask)
+        maps.append(up)
+    scores: list[torch.Tensor] = []
     with torch.no_grad():
-        for k in range(acts.shape[0]):
-            up = F.interpolate(acts[k][None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-            span = up.max() - up.min()
-            if acts[k].max() == acts[k].min():
-                if skip_constant:
-                    continue
-                mask = torch.zeros_like(up)
-            else:
-                mask = (up - up.min()) / span
-            out = model64(x64 * mask)[0]
-            score = torch.softmax(out, dim=0)[class_index] if weighting == "probability" else out[class_index]
-            scores.append(score)
-            maps.append(up)
+        for start in range(0, len(masks), CHUNK):
+            out = model64(torch.cat([x64 * mask for mask in masks[start : start + CHUNK]]))
+            picked = torch.softmax(out, dim=1)[:, class_index] if weighting == "probability" else out[:, class_index]
+            scores.extend(picked)
     if not maps:
         return torch.zeros(height, width, dtype=torch.float64)
     weights = torch.stack(scores)

@@ -9,8 +9,10 @@ correlation. A method whose map depends on what the model learnt must change.
 Every figure is fp32 (the engine's exact mode: the maps are pinned to fp32, so the CPU kind does
 not change them) and belongs to a photo set: the first three of ``imagenet-samples`` (../shared,
 where the findings were made) or of ``scikit-image`` (chelsea, coffee, astronaut: what a fresh
-clone has). Each test runs on both sets where they exist, with the bound its set was measured
-against (``BOUNDS``); the scikit-image figures follow the ImageNet ones in brackets.
+clone has). Each test runs on one set, with the bound that set was measured against (``BOUNDS``):
+the ImageNet samples where ../shared exists, else scikit-image's (a cascade costs about two
+minutes on 2 cores, so the suite runs it on one set); the scikit-image figures follow the ImageNet
+ones in brackets.
 
 Where Score-CAM passes: at ``blocks.6`` (the last inverted-residual block, 320 channels at 7x7,
 a linear bottleneck: signed activations), full Score-CAM's maps change at once. Measured on the
@@ -48,7 +50,7 @@ from app.cam import GradCAM, InferenceModel, ScoreCAM
 from app.cam.capture import capture
 from app.cam.channels import plan_channels
 from app.cam.results import normalize_map
-from tests.cam.conftest import PHOTO_SETS, photo_set
+from tests.cam.conftest import SHARED_SAMPLES, photo_set
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +69,7 @@ CASCADE: list[tuple[str, ...]] = [
 ]
 CHECKPOINTS = ("classifier", "blocks.6", "bn1")  # the last module of the stages whose maps are compared
 PRECISION = "fp32"  # where every figure above was measured
+PHOTOS = "imagenet-samples" if SHARED_SAMPLES.is_dir() else "scikit-image"  # where the findings were made, else a clone's
 
 
 @dataclass(frozen=True)
@@ -167,16 +170,16 @@ def run_cascade(  # type: ignore[no-untyped-def]
     return Cascade(photos, inputs, classes, trained, randomised, grad_cam_trained, grad_cam_random_classifier)
 
 
-@pytest.fixture(scope="module", params=PHOTO_SETS)
-def cascade(request: pytest.FixtureRequest, embedded) -> Cascade:  # type: ignore[no-untyped-def]
-    """At the default layer, bn2 (Faster Score-CAM, k = 32), on each photo set."""
-    return run_cascade(embedded, request.param, embedded.default_layer, MAX_CHANNELS, with_grad_cam=True)
+@pytest.fixture(scope="module")
+def cascade(embedded) -> Cascade:  # type: ignore[no-untyped-def]
+    """At the default layer, bn2 (Faster Score-CAM, k = 32), on ``PHOTOS``."""
+    return run_cascade(embedded, PHOTOS, embedded.default_layer, MAX_CHANNELS, with_grad_cam=True)
 
 
-@pytest.fixture(scope="module", params=PHOTO_SETS)
-def linear_bottleneck_cascade(request: pytest.FixtureRequest, embedded) -> Cascade:  # type: ignore[no-untyped-def]
-    """At blocks.6, the full method (all 320 channels), on each photo set."""
-    return run_cascade(embedded, request.param, "blocks.6", None)
+@pytest.fixture(scope="module")
+def linear_bottleneck_cascade(embedded) -> Cascade:  # type: ignore[no-untyped-def]
+    """At blocks.6, the full method (all 320 channels), on ``PHOTOS``."""
+    return run_cascade(embedded, PHOTOS, "blocks.6", None)
 
 
 def test_the_check_detects_a_change_grad_cam_passes_the_first_stage(cascade: Cascade) -> None:

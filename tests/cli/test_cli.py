@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from PIL import Image
 
 from app.cli import build_parser, main
 from app.config import Settings
+from app.errors import WeightsNotFound
 
 CATS = {281, 282, 283, 284, 285}
 
@@ -58,13 +60,65 @@ def test_serve_reports_invalid_settings_without_a_traceback(
 def test_models_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "efficientnet_lite0", "resnet18"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["MODEL", "CLASSES", "INPUT", "TARGET", "LAYER"]
-    assert lines[1].split() == ["efficientnet_lite0", "1000", "224", "bn2"]
-    assert lines[2].split() == ["resnet18", "1000", "224", "layer4"]
+    assert lines[0].split() == ["MODEL", "CLASSES", "INPUT", "WEIGHTS", "TARGET", "LAYER"]
+    assert lines[1].split() == ["efficientnet_lite0", "1000", "224", "package", "bn2"]
+    assert lines[2].split()[:3] + lines[2].split()[4:] == ["resnet18", "1000", "224", "layer4"]
 
     assert main(["models", "--json", "--layers", "resnet18"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["models"]
     assert row["target_layer"] == "layer4" and "layer3.1.conv2" in row["layers"]
+
+
+@pytest.fixture
+def offline_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """An empty torch hub and Hugging Face cache of the test's own, and no network: a download fails."""
+    import huggingface_hub
+    import torch
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("scorecam models must not download")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    return tmp_path / "torch" / "hub" / "checkpoints", tmp_path / "hf"
+
+
+def test_models_shows_which_weights_are_here_without_reading_them(
+    offline_caches: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import timm
+
+    from app.models import default_registry
+    from app.models.torchvision_zoo import default_weights
+
+    checkpoints, hf_cache = offline_caches
+    checkpoints.mkdir(parents=True)
+    # empty files: listed as present, so they were not read (loading them would fail)
+    (checkpoints / Path(default_weights("resnet18").url).name).touch()
+    hf_id = timm.models.get_pretrained_cfg("efficientnet_b0").hf_hub_id
+    snapshot = hf_cache / f"models--{hf_id.replace('/', '--')}" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").touch()
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+
+    assert main(["models", "resnet18", "resnet50", "timm/efficientnet_b0"]) == 0
+    captured = capsys.readouterr()
+    shown = {line.split()[0]: line.split()[3] for line in captured.out.splitlines()[1:]}
+    assert shown == {"resnet18": "torch-hub", "resnet50": "missing", "timm/efficientnet_b0": "hf-cache"}
+    assert str(checkpoints) in captured.err and "SCORECAM_ALLOW_DOWNLOAD=true" in captured.err
+
+    assert main(["models", "--json", "resnet50"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["models"]
+    resnet50 = str(checkpoints / Path(default_weights("resnet50").url).name)
+    assert row["weights"] == {"available": False, "source": "torch-hub", "path": None, "looked": [resnet50]}
+    with pytest.raises(WeightsNotFound, match=re.escape(resnet50)):  # where a load looks too
+        default_registry().load("resnet50")
+    timm_missing = default_registry().offline_weights("timm/resnet50")  # the lookup alone: no model is built
+    assert timm_missing is not None and not timm_missing.available
+    assert len(timm_missing.looked) == 3  # the torch hub cache, then the Hub's two file names
 
 
 def test_unknown_model_is_a_short_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +15,19 @@ from PIL import Image
 
 from app.version import VERSION
 from scorecam_client import (
+    ApiConnectionError,
     ApiError,
+    AsyncScoreCamClient,
     ExplainOptions,
     ExplainResponse,
+    InvalidOptionsError,
     ModelEntry,
     PredictResponse,
     Progress,
+    ResponseValidationError,
+    RetryPolicy,
     ScoreCamClient,
+    ScoreCamClientError,
     heatmap_array,
     heatmap_image,
     png_image,
@@ -30,6 +37,7 @@ from tests.api.conftest import wait_until
 from tests.api.tinynet import CHANNELS, INPUT_SIZE, LAYER, NUM_CLASSES, Gate
 from tests.batch_log import batch_log
 from tests.client.conftest import API_KEY, MODEL
+from tests.client.front_server import Answer, FrontServer
 
 
 @pytest.fixture
@@ -154,11 +162,55 @@ def test_errors_raise_api_error_with_the_server_code(
 
 
 def test_options_are_checked_before_anything_is_sent(cat_photo: Image.Image) -> None:
-    with ScoreCamClient("http://127.0.0.1:9") as client:  # nothing listens there: no request may be made
-        with pytest.raises(ValueError, match="max_chanels"):
-            client.explain(cat_photo, max_chanels=8)
-        with pytest.raises(ValueError, match="method"):
-            client.explain(cat_photo, method="lime")
+    no_retry = RetryPolicy(max_retries=0)
+    with ScoreCamClient("http://127.0.0.1:9", retry=no_retry) as client:  # nothing listens: no request may be made
+        with pytest.raises(InvalidOptionsError, match="method"):
+            client.explain(cat_photo, method="lime")  # type: ignore[arg-type]
+        with pytest.raises(InvalidOptionsError, match="top_k"):
+            client.predict(cat_photo, top_k=0)
+        with pytest.raises(InvalidOptionsError, match="metrics_step"):
+            next(iter(client.explain_stream(cat_photo, ExplainOptions(top_k=2), metrics_step=0.9)))
+        with pytest.raises(TypeError, match="max_chanels"):  # a misspelt option is Python's TypeError (and mypy's)
+            client.explain(cat_photo, max_chanels=8)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("method", ["explain", "explain_stream"])
+@pytest.mark.parametrize("client_class", [ScoreCamClient, AsyncScoreCamClient])
+def test_explain_keywords_are_the_options_fields(client_class: type, method: str) -> None:
+    """Typed keywords, not ``**fields``: one per ``ExplainOptions`` field, in order, None by default."""
+    parameters = inspect.signature(getattr(client_class, method)).parameters
+    keywords = {n: p for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert list(keywords) == list(ExplainOptions.model_fields)
+    assert all(p.default is None for p in keywords.values())
+    assert not any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def test_url_and_key_from_the_environment(server_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCORECAM_URL", server_url)
+    monkeypatch.setenv("SCORECAM_API_KEY", API_KEY)
+    with ScoreCamClient() as client:
+        assert client.base_url.rstrip("/") == server_url and client.models()
+    with ScoreCamClient(api_key="") as client, pytest.raises(ApiError) as info:  # "": no key, whatever the environment
+        client.models()
+    assert info.value.status == 401
+    with ScoreCamClient("http://127.0.0.1:9", retry=RetryPolicy(max_retries=0)) as client:  # given wins
+        with pytest.raises(ApiConnectionError, match="127.0.0.1:9"):
+            client.models()
+
+
+def test_every_failure_is_a_scorecam_client_error_and_names_its_request(front: FrontServer) -> None:
+    body = b'{"error": {"code": "internal_error", "message": "boom; the server log names req-31"}}'
+    front.script("GET", "/v1/models", Answer(500, body, {"content-type": "application/json", "X-Request-ID": "req-31"}))
+    front.script("GET", f"/v1/models/{MODEL}", Answer(200, b"<html>a captive portal</html>", {"X-Request-ID": "req-32"}))
+    with ScoreCamClient(front.url, api_key=API_KEY) as client:
+        with pytest.raises(ScoreCamClientError) as error:
+            client.models()
+        with pytest.raises(ScoreCamClientError) as invalid:
+            client.model(MODEL)
+    assert isinstance(error.value, ApiError) and error.value.request_id == "req-31"
+    assert str(error.value) == "boom; the server log names req-31 (HTTP 500, internal_error, request req-31)"
+    assert isinstance(invalid.value, ResponseValidationError)
+    assert (invalid.value.status, invalid.value.request_id) == (200, "req-32")
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key-1234"], ids=["missing", "wrong"])

@@ -13,10 +13,21 @@ import httpx_sse
 import pytest
 from PIL import Image
 
-from scorecam_client import ApiError, ExplainOptions, PartialMap, PredictOptions, Progress, RetryPolicy
-from scorecam_client.errors import retry_after
-from scorecam_client.events import stream_item
-from scorecam_client.images import image_file
+from scorecam_client import (
+    ApiError,
+    ExplainOptions,
+    ImageDownloadError,
+    InvalidOptionsError,
+    PartialMap,
+    PredictOptions,
+    Progress,
+    RetryPolicy,
+    ScoreCamClientError,
+)
+from scorecam_client.errors import is_service_error, retry_after
+from scorecam_client.events import EventReader, stream_item
+from scorecam_client.images import Download, image_file, is_url
+from scorecam_client.retries import retryable_answer, retryable_failure
 
 
 @pytest.mark.parametrize(
@@ -56,15 +67,19 @@ def test_form_fields(options: ExplainOptions | PredictOptions, fields: dict[str,
     ],
 )
 def test_invalid_options_fail_in_the_client(fields: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidOptionsError) as info:
         ExplainOptions(**fields)  # type: ignore[arg-type]
+    assert isinstance(info.value, ScoreCamClientError) and isinstance(info.value, ValueError)  # as pydantic's was
+    assert info.value.errors and next(iter(fields)) in str(info.value)
 
 
 def test_keyword_overrides_keep_the_rest() -> None:
     base = ExplainOptions(method="gradcam", top_k=2)
-    assert ExplainOptions.of(base, {"top_k": 1}) == ExplainOptions(method="gradcam", top_k=1)
-    assert ExplainOptions.of(base, {}) is base
+    assert ExplainOptions.of(base, {"top_k": 1, "layer": None}) == ExplainOptions(method="gradcam", top_k=1)
+    assert ExplainOptions.of(base, {"top_k": None}) is base  # None: not given, the object's value stays
     assert ExplainOptions.of(None, {}) == ExplainOptions()
+    with pytest.raises(InvalidOptionsError, match="top_k"):
+        ExplainOptions.of(base, {"top_k": 0})
 
 
 def test_image_inputs(tmp_path: Path) -> None:
@@ -77,23 +92,98 @@ def test_image_inputs(tmp_path: Path) -> None:
     assert (name, kind) == ("image.png", "image/png") and Image.open(io.BytesIO(data)).size == (3, 1)
     with path.open("rb") as f:
         assert image_file(f)[0::2] == ("dot.JPG", "image/jpeg")
-    with pytest.raises(TypeError, match="path, bytes, a PIL image"):
+    with pytest.raises(TypeError, match="path, an http\\(s\\) URL, bytes, a PIL image"):
         image_file(42)
 
 
 @pytest.mark.parametrize(
-    ("attempt", "status", "after", "wait"),
+    ("image", "url"),
+    [("https://example.org/cat.jpg", True), ("HTTP://example.org/cat", True), ("cat.jpg", False),
+     (Path("http://example.org/cat.jpg"), False), ("ftp://example.org/cat.jpg", False), (b"http://x", False)],
+)  # fmt: skip
+def test_which_images_are_urls(image: object, url: bool) -> None:
+    assert is_url(image) is url
+
+
+def test_a_download_is_capped_and_named_from_its_url() -> None:
+    request = httpx.Request("GET", "https://img.example.org/a%20cat.JPG?size=large")
+    download = Download(str(request.url), limit=10)
+    ok = httpx.Response(200, headers={"content-type": "image/webp; q=1"}, request=request)
+    download.check(ok)
+    download.add(b"12345")
+    download.add(b"67890")
+    assert download.upload(ok) == ("a cat.JPG", b"1234567890", "image/webp")
+    untyped = httpx.Response(200, headers={"content-type": "application/octet-stream"}, request=request)
+    assert download.upload(untyped)[2] == "image/jpeg"  # from the name when the answer does not say
+    with pytest.raises(ImageDownloadError, match="max_image_bytes is 10"):
+        download.add(b"!")
+    with pytest.raises(ImageDownloadError, match="11 bytes") as info:
+        Download("u", limit=10).check(httpx.Response(200, headers={"content-length": "11"}))
+    assert info.value.status is None
+    with pytest.raises(ImageDownloadError, match="HTTP 404") as info:
+        Download("u", limit=10).check(httpx.Response(404))
+    assert info.value.status == 404
+
+
+SERVICE_503 = httpx.Response(503, json={"error": {"code": "queue_full", "message": "full"}})
+PROXY_503 = httpx.Response(503, text="Service Unavailable")
+
+
+@pytest.mark.parametrize(
+    ("method", "response", "retry"),
     [
-        (0, 503, 2.0, 2.0),
-        (0, 503, None, 1.0),
-        (0, 503, 99.0, 30.0),
-        (3, 503, 1.0, None),
-        (0, 500, 1.0, None),
-        (0, 429, 1.0, None),
+        ("GET", httpx.Response(502), True),
+        ("GET", httpx.Response(504), True),
+        ("GET", PROXY_503, True),
+        ("GET", httpx.Response(500), False),
+        ("GET", httpx.Response(404), False),
+        ("POST", SERVICE_503, True),
+        ("POST", httpx.Response(429, json={"error": {"code": "rate_limited", "message": "slow down"}}), True),
+        ("POST", PROXY_503, False),
+        ("POST", httpx.Response(502), False),
+        ("POST", httpx.Response(504, json={"error": {"code": "deadline_exceeded", "message": "late"}}), False),
     ],
 )
-def test_retry_policy(attempt: int, status: int, after: float | None, wait: float | None) -> None:
-    assert RetryPolicy(max_retries=3).wait_s(attempt, status, after) == wait
+def test_which_answers_are_retried(method: str, response: httpx.Response, retry: bool) -> None:
+    assert retryable_answer(method, response) is retry
+
+
+@pytest.mark.parametrize(
+    ("method", "error", "retry"),
+    [
+        ("POST", httpx.ConnectError("refused"), True),
+        ("POST", httpx.ConnectTimeout("slow"), True),
+        ("POST", httpx.PoolTimeout("busy"), True),
+        ("POST", httpx.ReadTimeout("late"), False),
+        ("POST", httpx.RemoteProtocolError("cut"), False),
+        ("GET", httpx.ReadTimeout("late"), True),
+        ("GET", httpx.TooManyRedirects("loop"), False),
+    ],
+)
+def test_which_failures_are_retried(method: str, error: httpx.RequestError, retry: bool) -> None:
+    assert retryable_failure(method, error) is retry
+
+
+def test_backoff_is_exponential_capped_and_fully_jittered() -> None:
+    top = RetryPolicy(backoff_s=0.5, max_backoff_s=8.0, random=lambda: 0.999999)
+    assert [round(top.backoff(n), 3) for n in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert RetryPolicy(random=lambda: 0.0).backoff(5) == 0.0  # full jitter: anywhere from zero
+    draws = [RetryPolicy().backoff(2) for _ in range(200)]
+    assert 0.0 <= min(draws) < 0.5 and 1.5 < max(draws) <= 2.0  # uniform over [0, 2): spread, not clustered
+    with pytest.raises(InvalidOptionsError, match="max_retries"):
+        RetryPolicy(max_retries=-1)
+
+
+def test_attempts_wait_retry_after_and_stop_at_each_bound() -> None:
+    now = [0.0]
+    attempts = RetryPolicy(max_retries=2, max_wait_s=5, max_total_s=100).start("post", clock=lambda: now[0])
+    assert attempts.after_answer(httpx.Response(503, headers={"Retry-After": "3"}, json=SERVICE_503.json())) == 3.0
+    assert attempts.after_answer(httpx.Response(503, headers={"Retry-After": "6"}, json=SERVICE_503.json())) is None
+    assert attempts.after_failure(httpx.ConnectError("refused")) is not None
+    assert attempts.after_failure(httpx.ConnectError("refused")) is None  # max_retries=2 used up
+    late = RetryPolicy(max_total_s=10).start("GET", clock=lambda: now[0])
+    now[0] = 9.5
+    assert late.after_answer(httpx.Response(502, headers={"Retry-After": "1"})) is None  # would end past 10 s
 
 
 def test_retry_after_header_forms() -> None:
@@ -106,9 +196,19 @@ def test_retry_after_header_forms() -> None:
 
 def test_api_error_from_foreign_bodies() -> None:
     error = ApiError.from_response(httpx.Response(502, text="<html>Bad gateway</html>"))
-    assert (error.status, error.code) == (502, "http_502") and "Bad gateway" in error.message
+    assert (error.status, error.code, error.request_id) == (502, "http_502", None) and "Bad gateway" in error.message
     error = ApiError.from_body(422, {"detail": "nope"})
     assert (error.code, error.message) == ("http_422", "nope")
+    assert not is_service_error(httpx.Response(503, json={"error": "the Open Inference Protocol's shape"}))
+    assert is_service_error(SERVICE_503)
+
+
+def test_api_error_names_the_request() -> None:
+    body = {"error": {"code": "internal_error", "message": "boom", "request_id": "req-7"}}
+    error = ApiError.from_response(httpx.Response(500, json=body, headers={"X-Request-ID": "req-7"}))
+    assert error.request_id == "req-7" and str(error) == "boom (HTTP 500, internal_error, request req-7)"
+    header_only = ApiError.from_response(httpx.Response(503, json=SERVICE_503.json(), headers={"X-Request-ID": "r2"}))
+    assert header_only.request_id == "r2"
 
 
 def test_stream_events_mean_progress_result_or_error() -> None:
@@ -118,6 +218,14 @@ def test_stream_events_mean_progress_result_or_error() -> None:
     with pytest.raises(ApiError) as info:
         stream_item(httpx_sse.ServerSentEvent("error", error))
     assert (info.value.status, info.value.code) == (504, "deadline_exceeded")
+
+
+def test_stream_errors_carry_the_queued_request_id() -> None:
+    reader = EventReader()
+    assert reader.item(httpx_sse.ServerSentEvent("queued", '{"request_id":"r-42"}')) is None
+    with pytest.raises(ApiError) as info:
+        reader.item(httpx_sse.ServerSentEvent("error", '{"error":{"code":"internal_error","message":"x"},"status":500}'))
+    assert info.value.request_id == "r-42" and reader.ended().request_id == "r-42"
 
 
 def test_progress_events_with_partial_maps() -> None:

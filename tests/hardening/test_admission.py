@@ -69,9 +69,11 @@ def accepted_value(option: str, lowest: float, highest: float) -> float | int:
 async def test_emulated_precisions_are_refused_with_the_native_ones_named(
     cat_png: bytes, monkeypatch: pytest.MonkeyPatch, assume_native_bf16: str, refused: tuple[str, ...], native: str
 ) -> None:
-    """Whatever the CPU (the override makes an AVX2-only and an AVX512-BF16 one answer alike)."""
+    """Whatever the CPU (the override makes an AVX2-only and an AVX512-BF16 one answer alike).
+
+    Set before the start: the worker reports what its device computes natively when it is ready."""
+    monkeypatch.setenv(ASSUME_NATIVE_BF16_ENV, assume_native_bf16)
     async with serving(tiny_app()) as client:
-        monkeypatch.setenv(ASSUME_NATIVE_BF16_ENV, assume_native_bf16)
         answers = {
             precision: await client.post(
                 "/v1/explain",

@@ -48,7 +48,9 @@ def held_then_left_over(client: httpx.Client, gate: Gate, cat_png: bytes) -> tup
     )
     held = client.get("/metrics").text
     gate.open()
-    wait_until(lambda: sample(client.get("/metrics").text, "scorecam_queue_requests") == 0, what="the request dropped")
+    wait_until(
+        lambda: sample(client.get("/metrics").text, "scorecam_queue_requests", model="tiny") == 0, what="the request dropped"
+    )
     follow_up = client.post("/v1/explain", files={"image": ("i.png", cat_png)}, data={"outputs": "heatmap"})
     return held, forwards_left_over(client.get("/metrics").text, follow_up)
 
@@ -66,8 +68,8 @@ def test_a_plain_client_that_leaves_stops_the_forwards_within_one_batch(cat_png:
         # the client has left while the second batch runs
         held, left_over = held_then_left_over(client, gate, cat_png)
     # still on the device after the disconnect: counted by the gauges until it stops
-    assert sample(held, "scorecam_queue_requests") == 1
-    assert sample(held, "scorecam_queue_pending_forwards") > 0
+    assert sample(held, "scorecam_queue_requests", model="tiny") == 1
+    assert sample(held, "scorecam_queue_pending_forwards", model="tiny") > 0
     assert left_over <= 2 * BATCH
 
 
@@ -86,7 +88,7 @@ def test_an_event_stream_that_closes_stops_the_forwards_within_one_batch(cat_png
             wait_until(gate.entered.is_set, what="the worker to hold the second batch")
         # leaving the block closed the connection mid-stream
         held, left_over = held_then_left_over(client, gate, cat_png)
-    assert sample(held, "scorecam_queue_requests") == 1
+    assert sample(held, "scorecam_queue_requests", model="tiny") == 1
     assert left_over <= 2 * BATCH
 
 
@@ -98,11 +100,11 @@ async def test_a_passed_deadline_stops_the_forwards_within_one_batch(cat_png: by
         timed_out = await client.post("/v1/explain", files={"image": ("i.png", cat_png)})
         held = (await client.get("/metrics")).text
         gate.open()
-        await metrics_until(client, lambda m: sample(m, "scorecam_queue_requests") == 0, "the request dropped")
+        await metrics_until(client, lambda m: sample(m, "scorecam_queue_requests", model="tiny") == 0, "the request dropped")
         follow_up = await client.post("/v1/explain", files={"image": ("i.png", cat_png)}, data={"max_channels": "4"})
         after = (await client.get("/metrics")).text
     assert timed_out.status_code == 504
-    assert sample(held, "scorecam_queue_requests") == 1  # its 504 is sent; the batch it is in still runs
+    assert sample(held, "scorecam_queue_requests", model="tiny") == 1  # its 504 is sent; the batch it is in still runs
     assert sample(held, "scorecam_cancelled_total", reason="deadline") == 1
     assert forwards_left_over(after, follow_up) <= 2 * BATCH
 
@@ -117,7 +119,7 @@ async def test_the_request_bound_counts_started_work_until_it_stops(cat_png: byt
         first = asyncio.ensure_future(client.post("/v1/explain", files={"image": ("i.png", cat_png)}))
         await await_until(gate.entered.is_set, what="the worker to hold the first batch")
         second = asyncio.ensure_future(client.post("/v1/explain", files={"image": ("i.png", cat_png)}))
-        await metrics_until(client, lambda m: sample(m, "scorecam_queue_requests") == 2, "the second admitted")
+        await metrics_until(client, lambda m: sample(m, "scorecam_queue_requests", model="tiny") == 2, "the second admitted")
         gate.release(1)  # the first batch and the second's base forward, then hold their shared batch
         await await_until(gate.entered.is_set, what="the worker to hold the shared batch")
         for task in (first, second):  # both clients give up
@@ -126,7 +128,7 @@ async def test_the_request_bound_counts_started_work_until_it_stops(cat_png: byt
         await metrics_until(client, lambda m: sample(m, "scorecam_cancelled_total", reason="client_gone") == 2, "both cancelled")
         refused = await client.post("/v1/explain", files={"image": ("i.png", cat_png)})
         gate.open()
-        await metrics_until(client, lambda m: sample(m, "scorecam_queue_requests") == 0, "both dropped")
+        await metrics_until(client, lambda m: sample(m, "scorecam_queue_requests", model="tiny") == 0, "both dropped")
         ran = sample((await client.get("/metrics")).text, "scorecam_masked_forwards_total")
         admitted = await client.post("/v1/explain", files={"image": ("i.png", cat_png)}, data={"max_channels": "4"})
     assert refused.status_code == 503

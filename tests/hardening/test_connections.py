@@ -103,7 +103,9 @@ def test_an_aborted_upload_is_a_499_and_one_quiet_log_line(cat_png: bytes, caplo
 
             def counted(status: str) -> float:
                 text = app.state.metrics.render().decode()
-                pattern = rf'^scorecam_requests_total\{{endpoint="/v1/predict",method="POST",status="{status}"\}} (\S+)$'
+                pattern = (
+                    rf'^scorecam_requests_total\{{endpoint="/v1/predict",method="POST",model="none",status="{status}"\}} (\S+)$'
+                )
                 found = re.search(pattern, text, re.MULTILINE)
                 return float(found.group(1)) if found else 0.0
 

@@ -21,5 +21,5 @@ async def test_invented_methods_share_one_label_value() -> None:
     series = lambda text: {l for l in text.splitlines() if l.startswith("scorecam_requests_total{")}
     added = series(after.text) - series(before.text)
     assert not any("BREW" in line for line in after.text.splitlines())
-    assert 'scorecam_requests_total{endpoint="/v1/models",method="other",status="405"} 60.0' in after.text
+    assert 'scorecam_requests_total{endpoint="/v1/models",method="other",model="none",status="405"} 60.0' in after.text
     assert len(added) <= 3  # other/405, GET/200 on /v1/models, GET/200 on /metrics

@@ -97,7 +97,7 @@ class GatedServer:
 
     def queue_depth(self) -> float:
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        found = re.search(r"^scorecam_queue_requests (\S+)$", text, re.MULTILINE)
+        found = re.search(r'^scorecam_queue_requests\{model="tiny"\} (\S+)$', text, re.MULTILINE)
         assert found, "the metrics lack scorecam_queue_requests"
         return float(found.group(1))
 

@@ -97,12 +97,56 @@ def test_api_errors_are_shown_in_plain_words(page: Any, demo_url: str, tmp_path:
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("these are not pixels")
     open_page(page, demo_url)
+    assert page.locator("#progress").is_hidden()  # no bar before a run starts
     page.set_input_files("#file", str(not_an_image))
     page.locator("#explain").click()
     error = page.locator("#error")
     error.wait_for(state="visible", timeout=EXPLAIN_TIMEOUT_MS)
     assert "does not look like an image" in error.inner_text()
     assert page.locator("#results").is_hidden()
+    assert page.locator("#progress").is_hidden()  # cleared, not left at "starting…"
+    assert page.locator("#progress-bar").evaluate("bar => bar.value") == 0
+
+
+@pytest.fixture(scope="module")
+def portrait(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A portrait photo (300 x 451): scikit-image's cat on its side."""
+    path = tmp_path_factory.mktemp("photos") / "portrait.png"
+    skimage_photo("chelsea.png").rotate(90, expand=True).save(path)
+    return path
+
+
+def box(locator: Any) -> dict[str, float]:
+    return locator.evaluate("e => e.getBoundingClientRect().toJSON()")  # type: ignore[no-any-return]
+
+
+def test_a_portrait_fits_the_column_and_a_new_photo_clears_the_results(
+    page: Any, demo_url: str, portrait: Path, photo: tuple[Path, set[str]], artifact_dir: Path
+) -> None:
+    open_page(page, demo_url)
+    page.set_input_files("#file", str(portrait))
+    page.locator("#method").select_option("gradcam")  # the layout is the point here, not the method
+    page.locator("#explain").click()
+    page.locator('figure.overlay[data-ready="true"]').wait_for(timeout=EXPLAIN_TIMEOUT_MS)
+    page.screenshot(path=str(artifact_dir / "demo-page-portrait.png"))
+
+    # In the photo's own shape, within the results column and 75% of the window's height.
+    stack, canvas, column = (
+        box(page.locator("figure.overlay .stack")),
+        box(page.locator("figure.overlay canvas")),
+        box(page.locator("#results")),
+    )
+    assert stack == box(page.locator("figure.overlay img")) == canvas  # the heatmap covers the photo exactly
+    assert stack["height"] <= 0.75 * page.viewport_size["height"] + 0.5
+    assert column["left"] <= stack["left"] and stack["right"] <= column["right"]
+    assert stack["width"] / stack["height"] == pytest.approx(300 / 451, abs=0.01)
+
+    # A new photo: the last photo's predictions and heatmaps go, and so does the finished bar.
+    page.set_input_files("#file", str(photo[0]))
+    page.locator("#results").wait_for(state="hidden")
+    assert page.locator("#explanations figure").count() == 0 and page.locator("#predictions li").count() == 0
+    assert page.locator("#progress").is_hidden()
+    assert page.console_errors == [] and unexpected_failures(page) == []
 
 
 def drop_file(page: Any, path: Path) -> None:

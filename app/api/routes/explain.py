@@ -25,7 +25,10 @@ Explain the model's decision with Score-CAM (default), Grad-CAM or Grad-CAM++.
 
 Send `multipart/form-data` (file field `image`, options as form fields, lists comma-separated)
 or `application/json` (`image` as base64, options as fields). Every map has the uploaded image's
-width and height and covers the whole image.
+width and height and covers the whole image, squeezed to the model's input size (`preprocessing.view`
+is `full`). With `crop=center` the model sees /v1/predict's exact view instead (shorter side resized,
+centre crop: the same scores as /v1/predict), and the maps cover that crop only, at the model's input
+size (`preprocessing.view` is `center-crop`, `preprocessing.box` says where the crop lies in the upload).
 
 With `Accept: text/event-stream` the answer is a stream of Server-Sent Events: `queued`,
 `progress` (`{"done", "total"}` masked forwards, plus the metric forwards with `metrics=true`),
@@ -64,6 +67,7 @@ async def explain(request: Request, service: ServiceDep, settings: SettingsDep) 
         feed = ProgressFeed()
         pending = await service.submit_explain(image, plan, feed)
         return explain_stream(pending, feed)
-    outcome = await unless_disconnected(request, service.explain(image, plan))
-    body = explain_json(outcome, await rendered(outcome, image, plan.spec.outputs))
+    pending = await service.submit_explain(image, plan)
+    outcome = await unless_disconnected(request, pending.outcome())
+    body = explain_json(outcome, await rendered(outcome, pending.image, plan.spec.outputs))  # the upload, or its crop
     return JSONResponse(body, background=release_after(image))

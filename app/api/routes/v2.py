@@ -5,21 +5,25 @@ protocol's models (app/api/v2_models.py), encode. Tensors are decoded and encode
 a body or an answer of millions of JSON numbers takes seconds of CPU, which on the event loop
 would stall every other request. Errors answer ``{"error": "<message>"}`` with /v1's status
 codes (app/api/errors.py shapes them by path). Versioned paths (``/versions/{version}``) accept
-the service's version, the only one there is.
+version "1", the only one there is (Triton's integer versions; the service's own version is the
+server metadata's ``version``). Triton's model configuration, repository index and statistics
+extensions are served for its tools (app/api/v2_repository.py, app/api/v2_stats.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import time
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import ApiKeyDep, ServiceDep, SettingsDep
 from app.api.disconnect import unless_disconnected
+from app.api.v2_models import MODEL_VERSION, metadata, resolve, served_names
 from app.api.v2_models import infer as run_infer
-from app.api.v2_models import metadata, resolve
+from app.api.v2_repository import model_config, repository_index
 from app.api.v2_schemas import (
     InferRequest,
     InferResponse,
@@ -28,14 +32,18 @@ from app.api.v2_schemas import (
     ModelReadyResponse,
     ProtocolError,
     ReadyResponse,
+    RepositoryEntry,
+    RepositoryIndexRequest,
     ServerMetadata,
+    StatisticsResponse,
 )
+from app.api.v2_stats import ModelStatistics
 from app.api.v2_tensors import HEADER_LENGTH, infer_response, parse_infer_body
-from app.errors import UnknownModel
+from app.errors import InvalidOption, UnknownModel
 from app.version import VERSION
 
 SERVER_NAME = "scorecam-service"
-EXTENSIONS = ["binary_tensor_data", "classification"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ProtocolError, "description": d}
     for s, d in {
@@ -85,6 +93,13 @@ health = APIRouter(tags=["open inference protocol"])
 router = APIRouter(tags=["open inference protocol"], dependencies=[ApiKeyDep])
 
 
+async def get_statistics(request: Request) -> ModelStatistics:
+    return request.app.state.v2_statistics  # set by create_app
+
+
+StatisticsDep = Annotated[ModelStatistics, Depends(get_statistics)]
+
+
 @health.get("/health/live", response_model=LiveResponse, summary="The process is alive")
 async def live() -> LiveResponse:
     return LiveResponse(live=True)
@@ -107,8 +122,13 @@ async def server_metadata() -> ServerMetadata:
 
 
 def check_version(name: str, version: str) -> None:
-    if version != VERSION:
-        raise UnknownModel(f"{name} version {version}", [f"{name} version {VERSION}"])
+    if version != MODEL_VERSION:
+        raise UnknownModel(f"{name} version {version}", [f"{name} version {MODEL_VERSION}"])
+
+
+@router.get("/models/stats", response_model=StatisticsResponse, responses=ERRORS, summary="Statistics of every model")
+async def all_statistics(service: ServiceDep, statistics: StatisticsDep) -> StatisticsResponse:
+    return StatisticsResponse(model_stats=[statistics.model_stats(n, MODEL_VERSION) for n in served_names(service)])
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS, summary="Model metadata")
@@ -120,6 +140,48 @@ async def model_metadata(name: str, service: ServiceDep) -> ModelMetadata:
 async def versioned_model_metadata(name: str, version: str, service: ServiceDep) -> ModelMetadata:
     check_version(name, version)
     return metadata(service, name)
+
+
+@router.get("/models/{name}/config", response_model=dict[str, Any], responses=ERRORS, summary="Model configuration (Triton's)")
+async def config(name: str, service: ServiceDep, settings: SettingsDep) -> dict[str, Any]:
+    return model_config(service, settings, name)
+
+
+@router.get(
+    "/models/{name}/versions/{version}/config",
+    response_model=dict[str, Any],
+    responses=ERRORS,
+    summary="Model configuration (Triton's)",
+)
+async def versioned_config(name: str, version: str, service: ServiceDep, settings: SettingsDep) -> dict[str, Any]:
+    check_version(name, version)
+    return model_config(service, settings, name)
+
+
+@router.get("/models/{name}/stats", response_model=StatisticsResponse, responses=ERRORS, summary="Model statistics")
+async def model_statistics(name: str, service: ServiceDep, statistics: StatisticsDep) -> StatisticsResponse:
+    resolve(service, name)
+    return StatisticsResponse(model_stats=[statistics.model_stats(name, MODEL_VERSION)])
+
+
+@router.get(
+    "/models/{name}/versions/{version}/stats", response_model=StatisticsResponse, responses=ERRORS, summary="Model statistics"
+)
+async def versioned_model_statistics(
+    name: str, version: str, service: ServiceDep, statistics: StatisticsDep
+) -> StatisticsResponse:
+    check_version(name, version)
+    return await model_statistics(name, service, statistics)
+
+
+@router.post("/repository/index", response_model=list[RepositoryEntry], responses=ERRORS, summary="Model repository index")
+async def index(request: Request, service: ServiceDep) -> list[RepositoryEntry]:
+    """Triton's model repository extension: the served models (tritonclient posts an empty body)."""
+    body = await request.body()
+    if len(body) > 1024:
+        raise InvalidOption('the index request is {} or {"ready": true}')
+    asked = RepositoryIndexRequest.model_validate_json(body) if body.strip() else RepositoryIndexRequest()
+    return repository_index(service, asked.ready)
 
 
 READY_RESPONSES: dict[int | str, dict[str, Any]] = {**ERRORS, 503: {"model": ModelReadyResponse, "description": "Not ready."}}
@@ -144,17 +206,25 @@ async def versioned_model_ready(name: str, version: str, service: ServiceDep) ->
 
 
 @router.post("/models/{name}/infer", response_model=InferResponse, responses=ERRORS, openapi_extra=INFER_BODY, summary="Infer")
-async def infer(name: str, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+async def infer(name: str, request: Request, service: ServiceDep, settings: SettingsDep, statistics: StatisticsDep) -> Response:
     """Class probabilities (``<name>``) or heatmaps (``<name>.scorecam``) of the input tensor."""
-    service.check_capacity()  # an overloaded service refuses before the body is read
-    resolve(service, name)
-    body = await request.body()
-    infer_request, tensors = await asyncio.to_thread(parse_infer_body, body, request.headers.get(HEADER_LENGTH))
-    outputs = await unless_disconnected(request, run_infer(service, settings, name, infer_request, tensors))
-    answer: dict[str, Any] = {"model_name": name, "model_version": VERSION}
-    if infer_request.id is not None:
-        answer["id"] = infer_request.id
-    return await asyncio.to_thread(infer_response, answer, outputs)
+    started = time.monotonic()
+    try:
+        service.check_capacity()  # an overloaded service refuses before the body is read
+        resolve(service, name)
+        body = await request.body()
+        infer_request, tensors = await asyncio.to_thread(parse_infer_body, body, request.headers.get(HEADER_LENGTH))
+        outputs = await unless_disconnected(request, run_infer(service, settings, name, infer_request, tensors))
+        answer: dict[str, Any] = {"model_name": name, "model_version": MODEL_VERSION}
+        if infer_request.id is not None:
+            answer["id"] = infer_request.id
+        response = await asyncio.to_thread(infer_response, answer, outputs)
+    except Exception:
+        if name in served_names(service):  # an unknown name has no statistics (nor grows them)
+            statistics.observe_request(name, time.monotonic() - started, None)
+        raise
+    statistics.observe_request(name, time.monotonic() - started, tensors[0].shape[0])
+    return response
 
 
 @router.post(
@@ -164,6 +234,8 @@ async def infer(name: str, request: Request, service: ServiceDep, settings: Sett
     openapi_extra=INFER_BODY,
     summary="Infer",
 )
-async def versioned_infer(name: str, version: str, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+async def versioned_infer(
+    name: str, version: str, request: Request, service: ServiceDep, settings: SettingsDep, statistics: StatisticsDep
+) -> Response:
     check_version(name, version)
-    return await infer(name, request, service, settings)
+    return await infer(name, request, service, settings, statistics)

@@ -37,7 +37,6 @@ TOLERANCES: dict[str, float] = {"fp32": 1e-3, "bf16": 5e-2, "fp16": 2e-2}
 # wrong normalisation (ImageNet mean/std instead of 0.5) keeps only 60 % of the photos' top-1: refused.
 INT8_MIN_CORRELATION = 0.8
 INT8_MIN_MAP_CORRELATION = 0.95
-STATIC_INT8_TOLERANCE = 5e-2  # the static-shape int8 model against the dynamic one (same weights)
 CHECK_BATCH = 3  # not a power of two: the check also covers a batch size tuning never picks
 
 

@@ -5,7 +5,8 @@ eager copy's throughput in fp32 and 1.76× in bf16. The module is converted once
 (``openvino.convert_model``, traced at a dynamic batch dimension, so the out-of-memory halving and
 the last partial batch need no recompilation) and saved as IR under the cache folder, keyed by a
 digest of its weights and structure; OpenVINO's own ``CACHE_DIR`` keeps the compiled blobs, so a
-second start converts nothing. One compiled model per precision (``INFERENCE_PRECISION_HINT``
+second start converts nothing (and torch's logits for the agreement check are kept beside the IR:
+``kept_reference``). One compiled model per precision (``INFERENCE_PRECISION_HINT``
 f32 / bf16), and only one: OpenVINO keeps the memory it planned for the largest batch a compiled
 model ran, per compiled model (EfficientNet-Lite0, fp32: 124 MB after batch 8, 374 MB after batch
 32, and a new infer request keeps it), so a static-shape copy at the engine's batch size (2-7 %
@@ -23,6 +24,7 @@ the calibration's digest and NNCF's version, so a second start quantises nothing
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -32,6 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -251,6 +254,47 @@ class OpenVINORuntime:
             log.warning("could not save the converted model under %s (%s); it is converted again next start", ir.parent, exc)
             for leftover in (tmp, tmp.with_suffix(".bin")):
                 leftover.unlink(missing_ok=True)
+
+    def kept_reference(self, batch: torch.Tensor) -> torch.Tensor | None:
+        """torch's fp32 logits of the agreement check's ``batch`` as an earlier start kept them, or None.
+
+        They depend on the module and torch's version (the IR's key) and on the batch (its digest
+        names the file), not on the CPU, so a later start (a restarted worker, a new container on
+        the same cache volume) compares its compiled models against them without running torch.
+        A file that cannot be read or does not fit is ignored, with a log line.
+        """
+        path = self.reference_path(batch)
+        if path is None or not path.is_file():
+            return None
+        try:
+            logits = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            log.warning("ignoring the kept agreement reference %s (%s)", path, exc)
+            return None
+        if logits.dtype != np.float32 or logits.ndim != 2 or logits.shape[0] != batch.shape[0] or not np.isfinite(logits).all():
+            log.warning("ignoring the kept agreement reference %s: %s %s logits", path, logits.dtype, logits.shape)
+            return None
+        return torch.from_numpy(logits).to(batch.device)
+
+    def keep_reference(self, batch: torch.Tensor, logits: torch.Tensor) -> None:
+        """Keep torch's logits of ``batch`` for later starts (written under a temporary name, then renamed)."""
+        path = self.reference_path(batch)
+        if path is None:
+            return
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.npy")
+        try:
+            np.save(tmp, logits.detach().float().cpu().numpy(), allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not keep the agreement reference under %s (%s)", path.parent, exc)
+            tmp.unlink(missing_ok=True)
+
+    def reference_path(self, batch: torch.Tensor) -> Path | None:
+        """Beside the IR: ``<key>.check-<digest of the batch>.npy`` (None without a cache folder)."""
+        if self.cache_dir is None:
+            return None
+        digest = hashlib.sha256(batch.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+        return self.cache_dir / f"{self._key}.check-{digest}.npy"
 
     @property
     def precisions(self) -> tuple[str, ...]:

@@ -100,6 +100,12 @@ function parseClass(text) {
 function chooseFile(file) {
   if (!file) return;
   clearError();
+  // A new photo: what was shown (or is still running) for the previous one goes.
+  state.running?.abort();
+  state.running = null;
+  clearResults();
+  clearLive();
+  resetProgress();
   state.file = file;
   if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
   state.imageUrl = URL.createObjectURL(file);
@@ -120,8 +126,15 @@ async function suggestClasses(file) {
   }
 }
 
+/** Overlays fit their column and the screen in the photo's own shape (style.css, .stack). */
+function photoLoaded() {
+  const { naturalWidth: w, naturalHeight: h } = $("preview");
+  if (w && h) document.documentElement.style.setProperty("--photo-ratio", String(w / h));
+}
+
 function setupDrop() {
   const drop = $("drop");
+  $("preview").addEventListener("load", photoLoaded);
   $("file").addEventListener("change", (e) => chooseFile(e.target.files[0]));
   for (const name of ["dragenter", "dragover"]) {
     drop.addEventListener(name, (e) => {
@@ -154,6 +167,13 @@ function options() {
     opts.topK = Number($("top-k").value) || 1;
   }
   return opts;
+}
+
+/** Hidden and empty: before the first run, on a new photo, after an error. */
+function resetProgress() {
+  $("progress").hidden = true;
+  $("progress-bar").value = 0;
+  $("progress-text").textContent = "";
 }
 
 function setProgress(done, total) {
@@ -189,6 +209,13 @@ function showPartialMaps(maps, done, total) {
     figure.dataset.done = String(done);
   }
   live.hidden = false;
+}
+
+function clearResults() {
+  $("results").hidden = true;
+  $("predictions").replaceChildren();
+  $("explanations").replaceChildren();
+  $("timing").textContent = "";
 }
 
 /** The final result replaces the maps so far. */
@@ -234,8 +261,11 @@ async function explain(event) {
     $("progress-text").textContent = "done";
   } catch (err) {
     if (err.name !== "AbortError") showError(err);
-    $("progress").hidden = true;
-    if (state.running === controller) clearLive();
+    if (state.running === controller) {
+      // a newer run (or a new photo) owns the bar otherwise
+      resetProgress();
+      clearLive();
+    }
   } finally {
     if (state.running === controller) state.running = null;
     $("explain").disabled = !state.file;

@@ -2,18 +2,27 @@
 
     from scorecam_client import ExplainOptions, ScoreCamClient, heatmap_array
 
-    with ScoreCamClient("http://127.0.0.1:8000") as client:
-        result = client.explain("cat.jpg", ExplainOptions(top_k=2, max_channels=256))
+    with ScoreCamClient() as client:  # $SCORECAM_URL and $SCORECAM_API_KEY, else http://127.0.0.1:8000
+        result = client.explain("cat.jpg", top_k=2, max_channels=256)  # a path, a URL, bytes, a PIL image
         heat = heatmap_array(result.explanations[0])   # float32 [H, W] in [0, 1] (the images extra)
 
-Results are pydantic models written from the service's OpenAPI document; errors raise
-``ApiError`` with the server's stable ``code``; 503s are retried after Retry-After.
+Results are pydantic models written from the service's OpenAPI document. Every error is a
+``ScoreCamClientError``: ``ApiError`` carries the server's stable ``code`` and ``request_id``.
+Connect errors, 429, 502, 503 and 504 are retried with backoff (``RetryPolicy``).
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
 from scorecam_client.aio import AsyncScoreCamClient
-from scorecam_client.errors import ApiError, ScoreCamClientError
+from scorecam_client.errors import (
+    ApiConnectionError,
+    ApiError,
+    ApiTimeoutError,
+    ImageDownloadError,
+    InvalidOptionsError,
+    ResponseValidationError,
+    ScoreCamClientError,
+)
 from scorecam_client.events import PartialMap, Progress
 from scorecam_client.heatmaps import heatmap_array, heatmap_image, png_image, raw_array
 from scorecam_client.images import ImageInput
@@ -25,9 +34,11 @@ from scorecam_client.models import (
     ModelList,
     PredictionOut,
     PredictResponse,
+    PreprocessingInfo,
     RawMapOut,
     StatsOut,
     TimingOut,
+    ViewOut,
 )
 from scorecam_client.options import ExplainOptions, PredictOptions
 from scorecam_client.retries import RetryPolicy
@@ -39,12 +50,16 @@ except PackageNotFoundError:  # imported from a source tree without installing
     __version__ = "0+unknown"
 
 __all__ = [
+    "ApiConnectionError",
     "ApiError",
+    "ApiTimeoutError",
     "AsyncScoreCamClient",
     "ExplainOptions",
     "ExplainResponse",
     "ExplanationOut",
+    "ImageDownloadError",
     "ImageInput",
+    "InvalidOptionsError",
     "MetricsOut",
     "ModelEntry",
     "ModelList",
@@ -52,13 +67,16 @@ __all__ = [
     "PredictOptions",
     "PredictResponse",
     "PredictionOut",
+    "PreprocessingInfo",
     "Progress",
     "RawMapOut",
+    "ResponseValidationError",
     "RetryPolicy",
     "ScoreCamClient",
     "ScoreCamClientError",
     "StatsOut",
     "TimingOut",
+    "ViewOut",
     "__version__",
     "heatmap_array",
     "heatmap_image",

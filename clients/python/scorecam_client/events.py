@@ -13,9 +13,10 @@ from typing import Any
 import httpx_sse
 
 from scorecam_client.errors import ApiError
-from scorecam_client.models import ExplainResponse
+from scorecam_client.models import ExplainResponse, parse_body
 
 EVENT_STREAM = "text/event-stream"
+EVENT_STREAM_HEADERS = {"Accept": EVENT_STREAM, "Cache-Control": "no-store"}  # as httpx-sse sends them
 
 
 @dataclass(frozen=True)
@@ -63,20 +64,38 @@ class Progress:
         return self.done / self.total if self.total else 0.0
 
 
+class EventReader:
+    """One explain stream's events as the iterators yield them.
+
+    Remembers the request id of the ``queued`` event, so an ``error`` event (or a stream cut short)
+    raises an ``ApiError`` that names the request even when its body does not.
+    """
+
+    def __init__(self) -> None:
+        self.request_id: str | None = None
+
+    def item(self, event: httpx_sse.ServerSentEvent) -> Progress | ExplainResponse | None:
+        """One server event -> what the iterator yields; ``error`` events raise ApiError."""
+        if event.event == "progress":
+            data = event.json()
+            maps = tuple(PartialMap.from_json(m) for m in data.get("partial_maps") or ())
+            return Progress(int(data["done"]), int(data["total"]), maps)
+        if event.event == "result":
+            return parse_body(ExplainResponse, event.data, request_id=self.request_id)
+        if event.event in ("queued", "error"):
+            data = event.json()
+            body = data if isinstance(data, dict) else {}
+            if event.event == "queued":
+                self.request_id = str(body.get("request_id") or "") or None
+                return None
+            raise ApiError.from_body(int(body.get("status", 500)), body, request_id=self.request_id)
+        return None  # unknown events: nothing a caller needs
+
+    def ended(self) -> ApiError:
+        """The error for a stream that closed before its result."""
+        return ApiError(0, "stream_ended", "the event stream ended before the result arrived", request_id=self.request_id)
+
+
 def stream_item(event: httpx_sse.ServerSentEvent) -> Progress | ExplainResponse | None:
-    """One server event -> what the iterator yields; ``error`` events raise ApiError."""
-    if event.event == "progress":
-        data = event.json()
-        maps = tuple(PartialMap.from_json(m) for m in data.get("partial_maps") or ())
-        return Progress(int(data["done"]), int(data["total"]), maps)
-    if event.event == "result":
-        return ExplainResponse.model_validate_json(event.data)
-    if event.event == "error":
-        data = event.json()
-        body = data if isinstance(data, dict) else {}
-        raise ApiError.from_body(int(body.get("status", 500)), body)
-    return None  # "queued" and unknown events: nothing a caller needs
-
-
-def stream_ended() -> ApiError:
-    return ApiError(0, "stream_ended", "the event stream ended before the result arrived")
+    """One event read on its own (no request id remembered)."""
+    return EventReader().item(event)

@@ -7,18 +7,40 @@ a newer server may add fields without breaking an older client.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from scorecam_client.errors import ResponseValidationError, request_id
 
 Method = Literal["scorecam", "gradcam", "gradcam++", "recipro-cam"]
 Output = Literal["heatmap", "overlay", "raw"]
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 Weighting = Literal["probability", "channel-softmax"]
+Crop = Literal["none", "center"]
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, protected_namespaces=())
+
+
+class PreprocessingInfo(_Body):
+    """What the model expects of an image: resize the shorter side, centre crop, then ``(x - mean) / std``."""
+
+    resize_size: int
+    input_size: int
+    interpolation: str
+    mean: list[float]
+    std: list[float]
+    layout: Literal["NCHW"] = "NCHW"
+
+
+class ViewOut(_Body):
+    """The view of the upload the model saw: ``center-crop`` (predict, explain's crop="center") or ``full``."""
+
+    view: Literal["center-crop", "full"]
+    box: list[float]  # [left, top, right, bottom] in the upload's pixels
 
 
 class ModelEntry(_Body):
@@ -34,6 +56,7 @@ class ModelEntry(_Body):
     target_layer: str
     layers: list[str]
     recipro_layers: list[str] = []  # the layers method="recipro-cam" can explain
+    preprocessing: PreprocessingInfo
 
 
 class ModelList(_Body):
@@ -63,6 +86,7 @@ class PredictResponse(_Body):
     height: int
     predictions: list[PredictionOut]
     timing_ms: TimingOut
+    preprocessing: ViewOut
 
 
 class RawMapOut(_Body):
@@ -116,6 +140,7 @@ class ExplainResponse(_Body):
     explanations: list[ExplanationOut]
     stats: StatsOut
     timing_ms: TimingOut
+    preprocessing: ViewOut | None = None
 
 
 class ErrorInfo(_Body):
@@ -130,6 +155,8 @@ class ErrorResponse(_Body):
 
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    PreprocessingInfo,
+    ViewOut,
     ModelEntry,
     ModelList,
     LabelList,
@@ -145,3 +172,20 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     ErrorResponse,
 )
 """Every response model, for the contract test."""
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse_body(model: type[Body], content: bytes | str, status: int = 200, request_id: str | None = None) -> Body:
+    """A successful answer's body as ``model``; a body of another shape raises ``ResponseValidationError``."""
+    try:
+        return model.model_validate_json(content)
+    except ValidationError as exc:
+        message = f"the service's answer (HTTP {status}) is not a {model.__name__}: {exc}"
+        raise ResponseValidationError(message, status=status, request_id=request_id) from None
+
+
+def parse_response(model: type[Body], response: httpx.Response) -> Body:
+    """A (loaded) successful answer as ``model``."""
+    return parse_body(model, response.content, response.status_code, request_id(response))

@@ -2,7 +2,7 @@
 
 Fields left ``None`` are not sent, so the server's defaults apply (and stay the server's to
 change). Validation here mirrors the OpenAPI document (enums, bounds), so a typo fails before
-an upload.
+an upload, as ``InvalidOptionsError``.
 """
 
 from __future__ import annotations
@@ -10,13 +10,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from scorecam_client.models import Method, Output, Precision, Weighting
+from scorecam_client.errors import InvalidOptionsError
+from scorecam_client.models import Crop, Method, Output, Precision, Weighting
 
 
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    def __init__(self, **data: Any) -> None:
+        """Validate; a refused value raises ``InvalidOptionsError`` (the client's family), not pydantic's error."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InvalidOptionsError.from_validation(exc) from None
 
     def form_fields(self) -> dict[str, str]:
         """The multipart form: unset fields dropped, lists comma-joined, booleans lower-case."""
@@ -66,6 +74,10 @@ class ExplainOptions(_Options):
         le=1,
         description="Share of the masked forwards between two partial maps (0.01 to 1; server default 0.1).",
     )
+    crop: Crop | None = Field(
+        default=None,
+        description='"center": predict\'s exact view (the maps cover the centre crop); "none" (server default): the whole image.',
+    )
 
     @field_validator("classes", "outputs", mode="before")
     @classmethod
@@ -74,8 +86,10 @@ class ExplainOptions(_Options):
 
     @classmethod
     def of(cls, options: ExplainOptions | None, overrides: Mapping[str, Any]) -> ExplainOptions:
-        """``options`` with keyword overrides applied (validated: an unknown name is an error)."""
-        if not overrides:
+        """``options`` with the overrides that are set (not None) applied; validated, so an unknown
+        name or a refused value raises ``InvalidOptionsError``."""
+        given = {name: value for name, value in overrides.items() if value is not None}
+        if not given:
             return options or cls()
         base = options.model_dump(exclude_none=True) if options else {}
-        return cls(**{**base, **overrides})
+        return cls(**{**base, **given})
