@@ -67,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="explain images locally (no server) and write overlays")
     explain.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders")
     explain.add_argument("--model", help="model name (default: the registry's first; see `scorecam models`)")
+    explain.add_argument(
+        "--model-config",
+        dest="model_configs",
+        action="append",
+        type=Path,
+        metavar="JSON",
+        help="a bring-your-own model config (a torch state dict, TorchScript, or an exported .onnx / OpenVINO .xml); "
+        "repeatable; without --model the last one is explained",
+    )
     explain.add_argument("--method", choices=METHOD_NAMES, default="scorecam")
     explain.add_argument(
         "--class",

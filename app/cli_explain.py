@@ -39,6 +39,7 @@ def run_explain(args: argparse.Namespace) -> int:
         raise InvalidOption(f"--precision int8 applies to --method {INT8_METHODS} on --runtime auto or openvino (OpenVINO only)")
     explainer = LocalExplainer(
         model=args.model,
+        model_configs=args.model_configs or [],
         method=args.method,
         layer=args.layer,
         precision=args.precision,
@@ -110,15 +111,19 @@ class LocalExplainer:
         device: str,
         classes: list[int] | None = None,
         runtime: str = "auto",
+        model_configs: Sequence[Path] = (),
     ) -> None:
         from app.cam import CamOptions, InferenceModel, build_cam
         from app.cam.runtimes import Calibration
         from app.models import default_registry
 
         registry = default_registry()
-        self.loaded = registry.load(model or registry.names()[0], weights="default", allow_download=False)
+        custom = [registry.register_custom(config) for config in model_configs]
+        self.loaded = registry.load(
+            model or (custom or registry.names())[-1 if custom else 0], weights="default", allow_download=False
+        )
         self.layer = layer or self.loaded.default_layer
-        self.loaded.resolve_layer(self.layer)  # UnknownLayer with close names, before any work
+        self.loaded.check_layer(self.layer)  # UnknownLayer with close names, before any work
         spec = method_spec(method)
         # UnsupportedLayer (listing the layers with a head) before any work, like UnknownLayer
         head = self.loaded.head(self.layer) if spec.needs_head else None

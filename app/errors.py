@@ -71,6 +71,12 @@ class UnsupportedLayer(ScoreCamError):
         self.valid = valid
 
 
+class UnsupportedMethod(ScoreCamError):
+    """The model cannot run the method at all (Grad-CAM on an exported model has no gradients)."""
+
+    code = "unsupported_method"
+
+
 class InvalidOption(ScoreCamError):
     """An option has a value outside its valid range or set."""
 

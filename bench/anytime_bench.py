@@ -1,7 +1,8 @@
 """Anytime Score-CAM: how close the map so far is to the final map after part of the forwards.
 
-Over the photos of ../shared/eval/imagenet-samples with the embedded EfficientNet-Lite0 at its
-default layer (bn2), explaining the predicted class of each photo: the Pearson correlation of the
+Over the photos of ../shared/eval/imagenet-samples (without them, scikit-image's three labelled
+photos, as a smoke run: bench/photos.py) with the embedded EfficientNet-Lite0 at its default
+layer (bn2), explaining the predicted class of each photo: the Pearson correlation of the
 partial map (``ScoreCamJob.partial_maps``, upsampled to the input as the final map is) with the
 final map after 10 %, 25 % and 50 % of the masked forwards, which the engine runs in order of
 decreasing channel variance. The peer in the same run is the same job's scores taken in a random
@@ -15,7 +16,6 @@ random-order maps are recombined from the recorded scores.
 from __future__ import annotations
 
 import argparse
-import csv
 import signal
 import statistics
 import sys
@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from app.cam import InferenceModel, ScoreCAM, ScoreCamJob, fill_batch, run_batch
 from app.cam.precision import DECIDING_CPU_FLAGS, cpu_flags
 from app.models import default_registry
+from bench.photos import labelled_photos
 
-SAMPLES = ROOT.parent / "shared" / "eval" / "imagenet-samples"
 MODEL = "efficientnet_lite0"
 FRACTIONS = (0.1, 0.25, 0.5)
 
@@ -43,13 +43,9 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-300))
 
 
-def sample_files(n: int) -> list[Path] | None:
-    labels = SAMPLES / "labels.csv"
-    if not labels.is_file():
-        return None
-    with labels.open(newline="") as f:
-        files = [SAMPLES / row["file"] for row in csv.DictReader(f)]
-    return files[:n]
+def sample_files(n: int) -> list[Path]:
+    """The first ``n`` shared samples (else scikit-image's photos, see bench/photos.py)."""
+    return [photo.path for photo in labelled_photos()][:n]
 
 
 def run_until(job: ScoreCamJob, done: int, batch_size: int) -> None:
@@ -100,9 +96,6 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="masked inputs per forward (default 32)")
     args = parser.parse_args()
     files = sample_files(args.images)
-    if files is None:
-        print(f"skipped: no labels.csv under {SAMPLES}; the benchmark needs ../shared/eval/imagenet-samples", file=sys.stderr)
-        return 0
     loaded = default_registry().load(MODEL)
     model = InferenceModel(loaded.module, precision=args.precision, batch_size=args.batch_size)
     layer = loaded.default_layer

@@ -1,7 +1,7 @@
 """Faithfulness of Score-CAM against Grad-CAM, Grad-CAM++ and Recipro-CAM: the paper's Tables 1 and 3, reproduced.
 
-Over the photos of ../shared/eval/imagenet-samples with the embedded EfficientNet-Lite0 (layer
-bn2), explaining the predicted class of each photo: Average Drop, Increase in Confidence,
+Over the photos of ../shared/eval/imagenet-samples (without them, scikit-image's three labelled
+photos, as a smoke run: bench/photos.py) with the embedded EfficientNet-Lite0 (layer bn2), explaining the predicted class of each photo: Average Drop, Increase in Confidence,
 insertion AUC and deletion AUC (app/cam/faithfulness.py) for each row, next to the paper's VGG16
 figures, plus a PNG of the mean deletion / insertion curves and a grid of example overlays.
 
@@ -24,7 +24,6 @@ batch size; the table prints the mode of each row. Outputs go to bench/out/faith
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import statistics
@@ -56,8 +55,8 @@ from app.cam.faithfulness import (
 from app.errors import UnsupportedLayer
 from app.models import default_registry
 from app.models.heads import Head
+from bench.photos import SHARED, labelled_photos
 
-SAMPLES = ROOT.parent / "shared" / "eval" / "imagenet-samples"
 OUT = ROOT / "bench" / "out" / "faithfulness"
 DEFAULT_ROWS = "scorecam,scorecam-cs,faster-64,faster-256,gradcam,gradcam++,recipro-cam"
 # Score-CAM paper (Wang et al. 2020), VGG16 on 2,000 ILSVRC2012 validation images: Table 1 (Average
@@ -107,11 +106,8 @@ def parse_rows(text: str) -> list[Row]:
 
 
 def load_samples(n: int) -> list[tuple[Path, int, str]]:
-    labels = SAMPLES / "labels.csv"
-    if not labels.is_file():
-        sys.exit(f"no labels.csv under {SAMPLES}: the benchmark needs ../shared/eval/imagenet-samples")
-    with labels.open(newline="") as f:
-        rows = [(SAMPLES / r["file"], int(r["class_index"]), r["name"]) for r in csv.DictReader(f)]
+    """``n`` photos spread evenly over the shared samples (else scikit-image's, see bench/photos.py)."""
+    rows = [(p.path, p.label, p.name) for p in labelled_photos()]
     step = max(1, len(rows) // n)
     return rows[::step][:n]
 
@@ -199,6 +195,7 @@ def main() -> None:
         except UnsupportedLayer as e:
             sys.exit(f"row recipro-cam: {e}")
     samples = load_samples(args.images)
+    args.photo_set = "imagenet-samples" if samples[0][0].is_relative_to(SHARED) else "scikit-image's photos"
     per_metric = faithfulness_forward_passes(side, side, args.step)
     print(
         f"{len(samples)} photos, rows {', '.join(r.name for r in rows)}; layer {layer}, precision {model.precision}, "
@@ -260,7 +257,7 @@ def print_table(rows, summaries, forwards, seconds, model, per_metric, args, wal
     n = len(per_image)
     correct = sum(r["correct"] for r in per_image)
     print(
-        f"\nFaithfulness on {n} photos of imagenet-samples ({correct} predicted correctly), efficientnet_lite0, "
+        f"\nFaithfulness on {n} photos of {args.photo_set} ({correct} predicted correctly), efficientnet_lite0, "
         f"explaining the predicted class; step {args.step:g}, baseline {args.baseline}; {wall / 60:.1f} min in all"
     )
     head = f"{'row':<13} {'mode':<58} {'fwd/img':>7} {'s/img':>6} {'Drop↓':>6} {'Incr↑':>6} {'Ins↑':>6} {'Del↓':>6}"

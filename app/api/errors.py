@@ -31,6 +31,7 @@ STATUS_BY_ERROR: dict[type[domain.ScoreCamError], int] = {
     domain.UnknownModel: 404,
     domain.UnknownLayer: 422,
     domain.UnsupportedLayer: 422,
+    domain.UnsupportedMethod: 422,
     domain.InvalidOption: 422,
     domain.InvalidImage: 422,
     domain.ImageTooLarge: 413,

@@ -16,14 +16,13 @@ from typing import Generic, TypeVar
 
 import torch
 
-from app.cam.capture import Capture, capture
+from app.cam.capture import Capture
 from app.cam.inference import InferenceModel
 from app.cam.jobs import BaseCamJob
-from app.cam.layers import resolve_layer
 from app.cam.precision import resolve_precision
 from app.cam.results import CamResult, CamStats, combine_maps
 from app.cam.scheduler import run_jobs
-from app.errors import InvalidOption
+from app.errors import InvalidOption, UnsupportedMethod
 from app.methods import MethodSpec, method_spec
 
 Progress = Callable[[int, int], None]
@@ -59,7 +58,12 @@ class BaseCAM(ABC, Generic[JobT_co]):
     def __init__(self, model: InferenceModel, layer: str) -> None:
         self.model = model
         self.layer_name = layer
-        self.layer = resolve_layer(model.module, layer)
+        self.layer = model.check_layer(layer)  # the hooked module (torch) or the tapped tensor (exported)
+        if self.uses_gradients and not model.network.supports_gradients:
+            raise UnsupportedMethod(
+                f"{self.name} needs gradients, and this model is an exported {model.network.kind} graph (forward only): "
+                "explain it with scorecam (gradient-free: one capture and masked forwards)"
+            )
 
     @classmethod
     def from_options(cls, model: InferenceModel, layer: str, options: CamOptions) -> BaseCAM[BaseCamJob]:
@@ -73,7 +77,7 @@ class BaseCAM(ABC, Generic[JobT_co]):
 
     def capture(self, x: torch.Tensor) -> Capture:
         """The hooked forward of one image [1, 3, H, W] (moved to the model's device)."""
-        return capture(self.model.module, self.layer, self.layer_name, x.to(self.model.device), self.uses_gradients)
+        return self.model.capture(self.layer_name, x, self.uses_gradients)
 
     def start(self, x: torch.Tensor, classes: Sequence[int] | None = None, top_k: int = 1) -> JobT_co:
         """Capture one image [1, 3, H, W] and hand back its job (classes default: the top-k).

@@ -14,6 +14,11 @@ refuses int8, and so does a model on any device but the CPU (OpenVINO computes o
 
 A CUDA device is made the current one and gets cuDNN autotuning (``app/cam/cuda.py``) before
 anything is put on it.
+
+An exported model (``ExportedNetwork``: ONNX or OpenVINO IR, no torch module) is served the same
+way through the same two operations (``network.py``): its capture adds the layer as an output,
+and its masked forwards run on OpenVINO (``runtimes/openvino_exported.py``), on the CPU, in fp32
+and, where the CPU computes it natively, bf16.
 """
 
 from __future__ import annotations
@@ -30,13 +35,16 @@ from torch import nn
 
 from app.cam.batch_caps import MASKED_FORWARDS, PREDICTIONS, BatchCaps, CapKey
 from app.cam.batch_size import default_batch_size, measure_best_batch_size
+from app.cam.capture import Capture
 from app.cam.cuda import prepare_cuda
+from app.cam.exported import ExportedNetwork
 from app.cam.folding import fold_batchnorm as folded_copy
-from app.cam.layers import layer_names
+from app.cam.network import Network, TorchNetwork
 from app.cam.precision import native_precisions, resolve_precision
 from app.cam.runtimes import Runtime, TorchRuntime, check_runtime_name, choose_runtime, default_cache_dir
 from app.cam.runtimes.calibration import Calibration
 from app.cam.runtimes.choice import INT8_ON_TORCH
+from app.cam.runtimes.openvino_exported import ExportedRuntime
 from app.cam.runtimes.shapes import ANY_SIZE, BatchShapes, pad_rows, padded_rows
 from app.cam.runtimes.threads import torch_threads
 from app.errors import InvalidOption
@@ -48,7 +56,7 @@ class InferenceModel:
     """An eval-mode network on one device, ready for predictions and masked forwards.
 
     Args:
-        module: the classifier (logits out).
+        module: the classifier (logits out): a torch module, or an ``ExportedNetwork``.
         device: "cpu", "cuda", "cuda:1", ...
         precision: default precision of masked forwards: "auto", "fp32", "bf16", "fp16", or "int8"
             (explicit only; the OpenVINO runtime only: quantised at start, or read from the cache).
@@ -72,7 +80,7 @@ class InferenceModel:
 
     def __init__(
         self,
-        module: nn.Module,
+        module: nn.Module | Network,
         device: torch.device | str = "cpu",
         precision: str = "auto",
         batch_size: int | str = "auto",
@@ -91,6 +99,14 @@ class InferenceModel:
         self.device = prepare_cuda(device)  # cuda:N current, cudnn.benchmark; other devices as given
         self.precision = resolve_precision(precision, self.device)
         self.int8_requested = self.precision == "int8"
+        self.network: Network
+        if not isinstance(module, nn.Module):
+            if not isinstance(module, ExportedNetwork):
+                raise InvalidOption(f"no runtime runs a {type(module).__name__}: give a torch module or an ExportedNetwork")
+            self.runtime: Runtime = self._exported(module, label, runtime_threads)
+            self.fallback: Runtime = self.runtime  # no torch copy: the exported graph is the reference
+            self._finish(batch_size)
+            return
         if self.int8_requested and runtime == "torch":
             raise InvalidOption(INT8_ON_TORCH)
         if self.int8_requested and self.device.type != "cpu":
@@ -99,6 +115,7 @@ class InferenceModel:
                 f"or fp16 (native here: {', '.join(native_precisions(self.device))})"
             )
         self.module = module.eval().to(self.device)
+        self.network = TorchNetwork(self.module)
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.channels_last = channels_last
@@ -110,14 +127,17 @@ class InferenceModel:
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         name = label or type(module).__name__
         int8 = (calibration or Calibration.default(input_size)) if self.int8_requested else None
-        self.runtime: Runtime = choose_runtime(
-            runtime, self.torch_runtime, input_size, cache, name, int8=int8, threads=runtime_threads
-        )
+        self.runtime = choose_runtime(runtime, self.torch_runtime, input_size, cache, name, int8=int8, threads=runtime_threads)
+        self.fallback = self.torch_runtime
         if self.int8_requested and not self.runtime.accepts(self._probe(), "int8"):
             log.warning(
                 "precision int8 for %s is not served (the log above says why): fp32 serves it on %s", name, self.runtime.name
             )
             self.precision = "fp32"
+        self._finish(batch_size)
+
+    def _finish(self, batch_size: int | str) -> None:
+        """Batch size, the runtime prepared for it, caps: the same for every kind of network."""
         self.auto_batch = batch_size == "auto"
         self.batch_size: int = default_batch_size(self.device) if batch_size == "auto" else int(batch_size)
         self.runtime.prepare(self.batch_size)
@@ -127,8 +147,38 @@ class InferenceModel:
         self._whole = False  # ``whole_batches``: forwards of exactly ``batch_size``, out-of-memory raised
         self._lock = threading.Lock()
 
+    def _exported(self, network: ExportedNetwork, label: str | None, threads: int | None) -> ExportedRuntime:
+        """The runtime of an exported network: OpenVINO on the CPU, in fp32 and native bf16."""
+        name = label or network.label
+        self.network = network
+        self.channels_last = network.layout == "NHWC"
+        self.input_size = network.input_size
+        if self.device.type != "cpu":
+            raise InvalidOption(
+                f"model {name!r} is an exported {network.kind} graph: it runs on OpenVINO, on the CPU only, not {self.device}"
+            )
+        if self.int8_requested:
+            raise InvalidOption(f"precision 'int8' is not offered for exported models ({name!r}); use auto or fp32")
+        exported = ExportedRuntime(network, tuple(p for p in native_precisions(self.device) if p in ("fp32", "bf16")), threads)
+        if self.precision not in exported.precisions:
+            log.warning(
+                "model %s (exported) computes %s, not %s: fp32 serves it", name, "/".join(exported.precisions), self.precision
+            )
+            self.precision = "fp32"
+        how = "one input at a time (a fixed batch of 1)" if network.one_by_one else "dynamic batch"
+        log.info("runtime openvino for exported %s model %s: %s, %s", network.kind, name, ", ".join(exported.precisions), how)
+        return exported
+
     def layer_names(self) -> list[str]:
-        return layer_names(self.module)
+        return self.network.layer_names()
+
+    def check_layer(self, layer: str) -> object:
+        """What the network taps for ``layer`` (UnknownLayer with close names when there is none)."""
+        return self.network.check_layer(layer)
+
+    def capture(self, layer: str, x: torch.Tensor, gradients: bool = False) -> Capture:
+        """(a) of ``network.py``: one forward of ``x`` [1, 3, H, W] keeping ``layer``'s activations."""
+        return self.network.capture(layer, x.to(self.device), gradients)
 
     def tune_batch_size(self, input_size: int | None = None, precision: str | None = None) -> int:
         """Measure the per-image cost of a few batch sizes and keep the cheapest (when "auto")."""
@@ -186,6 +236,8 @@ class InferenceModel:
     def precisions(self) -> tuple[str, ...]:
         """The precisions masked forwards may ask for: torch's three, and int8 when built with it
         (served in int8 where it agreed with torch, else in fp32)."""
+        if isinstance(self.network, ExportedNetwork):
+            return self.runtime.precisions if isinstance(self.runtime, ExportedRuntime) else ("fp32",)
         return ("fp32", "bf16", "fp16") + (("int8",) if self.int8_requested else ())
 
     def serving(self, precision: str | None = None) -> Runtime:
@@ -193,7 +245,7 @@ class InferenceModel:
         resolved = resolve_precision(precision or self.precision, self.device)
         if resolved == "int8" and not self.runtime.accepts(self._probe(), "int8"):
             resolved = "fp32"  # int8 fell back at start: fp32 serves it (as in ``_forward``)
-        return self.runtime if self.runtime.accepts(self._probe(), resolved) else self.torch_runtime
+        return self.runtime if self.runtime.accepts(self._probe(), resolved) else self.fallback
 
     def input_format(self, precision: str | None = None) -> torch.memory_format:
         """The memory layout masked inputs should be built in: the one the serving runtime takes
@@ -214,7 +266,7 @@ class InferenceModel:
         choice depends on the inputs' shape and device, never on their count)."""
         if precision == "int8" and not self.runtime.accepts(batch, "int8"):
             precision = "fp32"  # int8 fell back at start, or another input size: fp32 serves it
-        return (self.runtime if self.runtime.accepts(batch, precision) else self.torch_runtime), precision
+        return (self.runtime if self.runtime.accepts(batch, precision) else self.fallback), precision
 
     def forward_masked(self, batch: torch.Tensor, precision: str | None = None, kind: str = MASKED_FORWARDS) -> torch.Tensor:
         """fp32 logits of ``batch`` (already on the device), in slices of at most ``batch_limit``.
@@ -228,6 +280,10 @@ class InferenceModel:
             raise InvalidOption(
                 f"precision 'int8' was not prepared for this model: build it with precision='int8' "
                 f"(runtime 'openvino' or 'auto'); valid here: {', '.join(self.precisions)}"
+            )
+        if precision not in self.precisions:
+            raise InvalidOption(
+                f"precision {precision!r} is not computed for this exported model; valid here: {', '.join(self.precisions)}"
             )
         resolved = precision
         shapes = self._serve(batch, resolved)[0].batch_shapes

@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 
 from app.cam.runtimes import openvino_version
-from app.cam.runtimes.cache import module_key
 from app.device.models import ServedModel
 from app.version import VERSION
 
@@ -75,7 +74,7 @@ def tuning_key(model: ServedModel, warmup_max_channels: int) -> TuningKey:
     return {
         "format": FORMAT,
         "model": model.name,
-        "weights": module_key(inference.module, (3, side, side)),  # structure and every weight (and torch's version)
+        "weights": inference.network.key((3, side, side)),  # structure and every weight (and torch's version)
         "runtime": runtime,
         "precision": inference.precision,
         "device": device_description(inference.device),

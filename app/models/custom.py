@@ -1,4 +1,5 @@
-"""Bring your own model: a TorchScript file, or a state dict for a known architecture.
+"""Bring your own model: a TorchScript file, a state dict for a known architecture, or an exported
+ONNX / OpenVINO IR classifier (no PyTorch source: ``app/models/exported.py``).
 
 A small JSON config (or the same dict) describes it::
 
@@ -12,8 +13,12 @@ without it ``weights`` is a TorchScript file and ``target_layer`` is required. C
 ``mean``, ``std``, ``interpolation`` override the architecture's preprocessing (ImageNet's for
 TorchScript). ``head`` (optional) is the network after the default layer as a list of steps
 (``["avgpool", "flatten", "fc"]``, see ``app.models.heads``): without it the model does not
-support Recipro-CAM. Relative paths are relative to the config file. Anything else is an InvalidOption,
-so a typo fails at registration instead of at the first request.
+support Recipro-CAM. ``weights`` ending in .onnx or .xml (IR, its .bin beside it), or an explicit
+``format`` ("onnx", "openvino"), is an exported model: no ``architecture``, no ``head``; an optional
+``layout`` ("NCHW", default, or "NHWC") of its input, and ``target_layer`` a tensor name (default: the
+last 4-D tensor with a spatial size above 1 before the logits). Relative paths are relative to the
+config file. Anything else is an InvalidOption, so a typo fails at registration instead of at the
+first request.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch import nn
 
 from app.errors import InvalidOption, UnknownModel, close_matches
 from app.models import embedded, timm_zoo, torchvision_zoo
+from app.models.exported import exported_format, load_exported
 from app.models.labels import default_labels, read_labels_file
 from app.models.loaded import LoadedModel
 from app.models.preprocessing import Preprocessing
@@ -52,6 +58,8 @@ KEYS = (
     "interpolation",
     "target_layer",
     "head",
+    "format",
+    "layout",
 )
 PREPROCESSING_KEYS = ("input_size", "resize_size", "mean", "std", "interpolation")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -68,6 +76,9 @@ class CustomModelConfig:
     preprocessing_overrides: tuple[tuple[str, Any], ...] = ()
     target_layer: str | None = None
     head: tuple[str, ...] | None = None  # the network after the default layer (app.models.heads)
+    format: str | None = None  # "onnx" or "openvino": an exported model (app/models/exported.py); None: torch
+    layout: str = "NCHW"  # of an exported model's input
+    source: Path | None = None  # the config file, named in the errors of a model that fails to load
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> CustomModelConfig:
@@ -79,7 +90,11 @@ class CustomModelConfig:
             raise InvalidOption(f"cannot read model config {path}: {e.strerror or e}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InvalidOption(f"model config {path} is not valid JSON: {e}") from None
-        return cls.from_dict(data, base_dir=path.parent)
+        try:
+            config = cls.from_dict(data, base_dir=path.parent)
+        except InvalidOption as e:
+            raise InvalidOption(f"model config {path}: {e.message}") from None
+        return dataclasses.replace(config, source=path)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object], base_dir: str | os.PathLike[str] | None = None) -> CustomModelConfig:
@@ -103,21 +118,27 @@ class CustomModelConfig:
         if architecture is not None:
             architecture = _required_str(data, "architecture")
             _check_architecture(architecture)
+        fmt, layout = exported_format(name, data, weights)
         target_layer = data.get("target_layer")
         if target_layer is not None:
             target_layer = _required_str(data, "target_layer")
-        elif architecture is None:
+        elif architecture is None and fmt is None:
             raise InvalidOption(f"model {name!r}: a TorchScript model needs target_layer (a module name)")
 
         labels = _labels(name, data, base)
         overrides = tuple((k, data[k]) for k in PREPROCESSING_KEYS if k in data)
-        merge_preprocessing(Preprocessing(), overrides)  # fail now on bad values, not at first load
+        # fail now on bad values, not at first load (an exported model without input_size: its own size, read at load)
+        sized = fmt is None or "input_size" in data
+        merge_preprocessing(Preprocessing() if sized else Preprocessing(input_size=1, resize_size=1), overrides)
         head = data.get("head")
         if head is not None and (not isinstance(head, list) or not head or not all(isinstance(h, str) and h for h in head)):
             raise InvalidOption(
                 f'model {name!r}: head must be a list of steps after target_layer, e.g. ["avgpool", "flatten", "fc"]'
             )
-        return cls(name, weights, architecture, tuple(labels), overrides, target_layer, tuple(head) if head else None)
+        if fmt is not None and head is not None:
+            raise InvalidOption(f"model {name!r}: key 'head' is for torch models; an exported {fmt} model takes none")
+        head_steps = tuple(head) if head else None
+        return cls(name, weights, architecture, tuple(labels), overrides, target_layer, head_steps, fmt, layout)
 
 
 def merge_preprocessing(base: Preprocessing, overrides: tuple[tuple[str, Any], ...]) -> Preprocessing:
@@ -224,6 +245,10 @@ class CustomEntry:
         init, architectures only). Nothing is downloaded."""
         cfg = self.config
         path = explicit_path(weights) or cfg.weights
+        if cfg.format is not None:
+            if weights is None:
+                raise InvalidOption(f"model {cfg.name!r} is an exported {cfg.format} model: it has no random init")
+            return load_exported(cfg, path)
         if cfg.architecture is None:
             if weights is None:
                 raise InvalidOption(f"model {cfg.name!r} is TorchScript: it has no random init")

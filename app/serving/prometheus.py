@@ -46,7 +46,12 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 NO_MODEL = "none"  # the model label of a request that resolved no served model
 QUEUE_REQUESTS_HELP = "Requests queued or running in the worker, by model."
 QUEUE_FORWARDS_HELP = "Forward passes the queued and running requests still need, by model."
-QueueLoad = Callable[[], Mapping[str, tuple[int, int]]]  # model -> (open requests, their pending forwards)
+QUEUE_DRAIN_HELP = (
+    "Seconds the queued and running requests still need at the measured pace, by model (their sum is the "
+    "backlog Retry-After is made of; the autoscaling signal, deploy/kubernetes/hpa.yaml)."
+)
+# model -> (open requests, their pending forwards, the seconds those take)
+QueueLoad = Callable[[], Mapping[str, tuple[int, int, float]]]
 
 
 class RequestLabels:
@@ -151,8 +156,9 @@ class ServiceMetrics:
 
 
 class QueueCollector:
-    """``scorecam_queue_requests`` and ``scorecam_queue_pending_forwards`` by model, read at scrape
-    time: a series per served model (0 when idle), so a model's queue is never a stale value."""
+    """``scorecam_queue_requests``, ``scorecam_queue_pending_forwards`` and ``scorecam_queue_drain_seconds``
+    by model, read at scrape time: a series per served model (0 when idle), so a model's queue is never
+    a stale value."""
 
     def __init__(self, load: QueueLoad, models: Sequence[str]) -> None:
         self._load = load
@@ -164,14 +170,16 @@ class QueueCollector:
     def collect(self) -> Iterable[Metric]:
         return self._families(self._load())
 
-    def _families(self, load: Mapping[str, tuple[int, int]]) -> list[Metric]:
+    def _families(self, load: Mapping[str, tuple[int, int, float]]) -> list[Metric]:
         requests = GaugeMetricFamily("scorecam_queue_requests", QUEUE_REQUESTS_HELP, labels=["model"])
         forwards = GaugeMetricFamily("scorecam_queue_pending_forwards", QUEUE_FORWARDS_HELP, labels=["model"])
+        drain = GaugeMetricFamily("scorecam_queue_drain_seconds", QUEUE_DRAIN_HELP, labels=["model"])
         for model in self._models:
-            depth, pending = load.get(model, (0, 0))
+            depth, pending, seconds = load.get(model, (0, 0, 0.0))
             requests.add_metric([model], depth)
             forwards.add_metric([model], pending)
-        return [requests, forwards]
+            drain.add_metric([model], seconds)
+        return [requests, forwards, drain]
 
 
 class WorkerProcessCollector:

@@ -94,14 +94,17 @@ class RequestQueue:
         with self.cond:
             return len(self._open)
 
-    def load_by_model(self) -> dict[str, tuple[int, int]]:
-        """Open requests and the forwards they still need, by model (the queue gauges)."""
-        load: dict[str, tuple[int, int]] = {}
+    def load_by_model(self) -> dict[str, tuple[int, int, float]]:
+        """Open requests, the forwards they still need and the seconds those take at the measured
+        pace, by model (the queue gauges; the seconds sum to the backlog Retry-After is made of)."""
+        items: dict[str, list[WorkItem]] = {}
         with self.cond:
             for item in self._open.values():
-                requests, forwards = load.get(item.model, (0, 0))
-                load[item.model] = (requests + 1, forwards + item.remaining)
-        return load
+                items.setdefault(item.model, []).append(item)
+            return {
+                model: (len(open_), sum(i.remaining for i in open_), backlog_seconds(self.throughput, open_))
+                for model, open_ in items.items()
+            }
 
     def retry_after_s(self) -> int:
         with self.cond:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 
 import pytest
@@ -83,3 +84,22 @@ async def test_queue_gauges_and_requests_by_model(cat_png: bytes, gate: Gate) ->
         series = f'scorecam_requests_total{{endpoint="/v1/predict",method="POST",model="{model}",status="{status}"}}'
         assert sample(after, series) == 1, series
     assert "t1ny" not in after
+
+
+async def test_drain_seconds_are_the_backlog_that_retry_after_is_made_of(cat_png: bytes, gate: Gate) -> None:
+    """The autoscaling signal (deploy/kubernetes/hpa.yaml): what the open work still needs at the measured pace."""
+    app = tiny_app()
+    async with serving(app) as client:
+        idle = (await client.get("/metrics")).text
+        gate.close_after(2)  # the base forward and one masked batch, then hold the explanation
+        held = asyncio.ensure_future(client.post("/v1/explain", files={"image": ("i.png", cat_png)}))
+        await await_until(gate.entered.is_set, what="the worker to hold the explanation")
+        during = (await client.get("/metrics")).text
+        retry_after = app.state.service.queue.retry_after_s()
+        gate.open()
+        assert (await held).status_code == 200
+    assert sample(idle, 'scorecam_queue_drain_seconds{model="tiny"}') == 0
+    drain = sample(during, 'scorecam_queue_drain_seconds{model="tiny"}')
+    pending = sample(during, 'scorecam_queue_pending_forwards{model="tiny"}')
+    assert drain is not None and drain > 0 and pending is not None and pending > 0
+    assert retry_after == max(1, math.ceil(drain))
