@@ -317,7 +317,10 @@ size=$(podman image inspect -f '{{.Size}}' "$IMAGE")
 log "image $IMAGE: $(awk -v b="$size" 'BEGIN { printf "%.2f GB", b / 1e9 }')"
 image_user=$(podman image inspect -f '{{.Config.User}}' "$IMAGE")
 [ "$image_user" = 10001:10001 ] || die "the image's USER is '$image_user', not 10001:10001"
-podman image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$IMAGE" | grep -q '^PIP_' \
+# Output is read into a file before grep -q: with pipefail, grep -q leaving early makes the writer's SIGPIPE
+# fail the pipeline, which would read as "no match".
+podman image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$IMAGE" >"$work/image-env"
+grep -q '^PIP_' "$work/image-env" \
   && die "a PIP_* build argument reached the final image's environment"
 start_period=$(podman image inspect -f '{{json .HealthCheck}}' "$IMAGE" | "$PY" -c 'import json, sys
 print(json.load(sys.stdin)["StartPeriod"] // 10**9)') \
@@ -334,7 +337,8 @@ uid=$(podman exec "$PREFIX-cold" id -u)
 [ "$uid" = 10001 ] || die "the server runs as UID $uid, not 10001"
 took=$(wait_ready "$PREFIX-cold" "$start_period")  # an assignment, so that a failure ends the script
 log "ready after $took s (start period $start_period s), UID $uid"
-podman logs "$PREFIX-cold" 2>&1 | grep -q 'masked batch sizes measured fastest' || die "no batch-size tuning on a cold start"
+podman logs "$PREFIX-cold" >"$work/cold.log" 2>&1
+grep -q 'masked batch sizes measured fastest' "$work/cold.log" || die "no batch-size tuning on a cold start"
 
 phase "predict, explain and HEALTHCHECK ($photo photo)"
 check_predict
@@ -358,9 +362,10 @@ phase "second start on the same volume: tuned batch size reused"
 start_container "$PREFIX-warm" -v "$VOLUME:/var/cache/scorecam"
 took=$(wait_ready "$PREFIX-warm" "$start_period")
 log "ready after $took s"
-podman logs "$PREFIX-warm" 2>&1 | grep -q 'tuned by an earlier start under the same conditions' \
-  || { podman logs "$PREFIX-warm" 2>&1 | tail -n 30 >&2; die "the second start tuned again"; }
-podman logs "$PREFIX-warm" 2>&1 | grep -q 'masked batch sizes measured fastest' && die "the second start tuned again"
+podman logs "$PREFIX-warm" >"$work/warm.log" 2>&1
+grep -q 'tuned by an earlier start under the same conditions' "$work/warm.log" \
+  || { tail -n 30 "$work/warm.log" >&2; die "the second start tuned again"; }
+grep -q 'masked batch sizes measured fastest' "$work/warm.log" && die "the second start tuned again"
 check_predict
 stop_and_expect_exit_0 "$PREFIX-warm"
 
