@@ -22,7 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.loadbalancer import Balancer, free_port
+from bench.loadbalancer import Balancer
+from bench.serving import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

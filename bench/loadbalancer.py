@@ -11,13 +11,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.serving import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "loadbalancer" / "nginx.conf"
@@ -29,12 +30,6 @@ SERVER_LINE = "        server 127.0.0.1:{port} max_fails={max_fails} fail_timeou
 def nginx_path() -> str | None:
     """The nginx binary (Debian's nginx-light or nginx), or None when not installed."""
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

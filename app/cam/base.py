@@ -19,10 +19,11 @@ import torch
 from app.cam.capture import Capture
 from app.cam.inference import InferenceModel
 from app.cam.jobs import BaseCamJob
+from app.cam.network import no_gradients
 from app.cam.precision import resolve_precision
 from app.cam.results import CamResult, CamStats, combine_maps
 from app.cam.scheduler import run_jobs
-from app.errors import InvalidOption, UnsupportedMethod
+from app.errors import InvalidOption
 from app.methods import MethodSpec, method_spec
 
 Progress = Callable[[int, int], None]
@@ -60,10 +61,7 @@ class BaseCAM(ABC, Generic[JobT_co]):
         self.layer_name = layer
         self.layer = model.check_layer(layer)  # the hooked module (torch) or the tapped tensor (exported)
         if self.uses_gradients and not model.network.supports_gradients:
-            raise UnsupportedMethod(
-                f"{self.name} needs gradients, and this model is an exported {model.network.kind} graph (forward only): "
-                "explain it with scorecam (gradient-free: one capture and masked forwards)"
-            )
+            raise no_gradients(self.name, model.network.kind)
 
     @classmethod
     def from_options(cls, model: InferenceModel, layer: str, options: CamOptions) -> BaseCAM[BaseCamJob]:

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from app.cam.capture import Capture
-from app.errors import InvalidOption, UnknownLayer, UnsupportedMethod
+from app.cam.network import no_gradients
+from app.errors import InvalidOption, UnknownLayer
 
 log = logging.getLogger(__name__)
 OVModel = Any  # openvino.Model (OpenVINO ships no type information)
@@ -35,10 +36,6 @@ LAYOUTS: tuple[str, ...] = ("NCHW", "NHWC")
 DEFAULT_SIDE = 224
 _SOFTMAX = frozenset({"Softmax", "SoftMax", "LogSoftmax"})
 _NOT_LAYERS = frozenset({"Parameter", "Constant", "Result", "ShapeOf"})
-GRADIENTS_MESSAGE = (
-    "{method} needs gradients, and model {name!r} is an exported {kind} graph (forward only): "
-    "explain it with scorecam (gradient-free: one capture and masked forwards)"
-)
 
 
 def tensor_name(output: OVOutput) -> str:
@@ -231,7 +228,7 @@ class ExportedNetwork:
     def capture(self, layer: str, x: torch.Tensor, gradients: bool = False) -> Capture:
         """One forward of the model with ``layer``'s tensor added as an output (compiled once per layer)."""
         if gradients:
-            raise UnsupportedMethod(GRADIENTS_MESSAGE.format(method="a gradient method", name=self.label, kind=self.kind))
+            raise no_gradients("a gradient method", self.kind)
         request = self._tap(layer)
         array = self.to_layout(x.detach().float().cpu()).numpy()
         with self._lock:
@@ -264,5 +261,7 @@ class ExportedNetwork:
         digest = hashlib.sha256(f"{self.kind}:{self.layout}:{input_shape}:{self.input_size}".encode())
         for file in (self.path, self.path.with_suffix(".bin")):
             if file.is_file():
-                digest.update(file.read_bytes())
+                with file.open("rb") as f:  # in chunks: an exported model's weights can be hundreds of MB
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
         return digest.hexdigest()[:24]

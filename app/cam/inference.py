@@ -236,8 +236,8 @@ class InferenceModel:
     def precisions(self) -> tuple[str, ...]:
         """The precisions masked forwards may ask for: torch's three, and int8 when built with it
         (served in int8 where it agreed with torch, else in fp32)."""
-        if isinstance(self.network, ExportedNetwork):
-            return self.runtime.precisions if isinstance(self.runtime, ExportedRuntime) else ("fp32",)
+        if isinstance(self.runtime, ExportedRuntime):  # an exported network: what its runtime compiled
+            return self.runtime.precisions
         return ("fp32", "bf16", "fp16") + (("int8",) if self.int8_requested else ())
 
     def serving(self, precision: str | None = None) -> Runtime:

@@ -22,6 +22,15 @@ from torch import nn
 from app.cam.capture import Capture, capture
 from app.cam.layers import layer_names, resolve_layer
 from app.cam.runtimes.cache import module_key
+from app.errors import UnsupportedMethod
+
+
+def no_gradients(method: str, kind: str) -> UnsupportedMethod:
+    """The refusal of a gradient method on a network without ``supports_gradients`` (an exported graph)."""
+    return UnsupportedMethod(
+        f"{method} needs gradients, and this model is an exported {kind} graph (forward only): "
+        "explain it with scorecam (gradient-free: one capture and masked forwards)"
+    )
 
 
 class Network(Protocol):
